@@ -1,0 +1,150 @@
+"""``sslkit info FILE``: what an sslkit artefact, checkpoint or exported weights file holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from sslkit.cli.common import print_json, stdout
+from sslkit.errors import UserError
+
+HELP = """Summarise any sslkit file: an HDF5 artefact (proposals, views, features), a training
+checkpoint (.pth), or exported weights (torchvision .pth, detectron2 .pkl).
+
+Shows the kind, format version, image count, per-image statistics, parameters and
+the command that made it.
+
+Example:  sslkit info props.h5        sslkit info run/last.pth --json
+"""
+
+
+def _stats(counts: np.ndarray) -> dict:
+    if counts.size == 0:
+        return {"total": 0}
+    return {"total": int(counts.sum()), "min": int(counts.min()), "mean": round(float(counts.mean()), 2),
+            "median": float(np.median(counts)), "max": int(counts.max()), "images_with_none": int((counts == 0).sum())}
+
+
+def describe_h5(path: Path) -> dict:
+    from sslkit.io.artefacts import Artefact
+
+    with Artefact(path) as a:
+        attrs = a.attrs
+        d = {
+            "file": str(path), "kind": a.format, "format_version": a.format_version,
+            "sslkit_version": attrs.get("sslkit_version"), "created": attrs.get("created"),
+            "command": a.command, "num_images": len(a), "params": a.params,
+            "skipped": [{"file_name": f, "reason": r} for f, r in a.skipped],
+        }
+        extra = {k: v for k, v in attrs.items() if k not in {
+            "format", "format_version", "sslkit_version", "created", "command", "params", "complete", "num_images"}}
+        if extra:
+            d["attrs"] = extra
+        if len(a):
+            d["image_size"] = {"height": _stats(a.height), "width": _stats(a.width)}
+        d["fields"] = {}
+        for name in a.ragged_names:
+            dt, trail = a.field_spec(name)
+            d["fields"][name] = {"dtype": dt, "row_shape": list(trail), "per_image": _stats(a.counts(name))}
+        for name in a.map_names:
+            hw = a._f[name]["hw"][:]
+            d["fields"][name] = {"dtype": "uint16 label map",
+                                 "stored_size": {"height": _stats(hw[:, 0]), "width": _stats(hw[:, 1])}}
+    return d
+
+
+def describe_weights(path: Path) -> dict:
+    from sslkit.io.checkpoint import load_weights_file
+
+    kind, obj = load_weights_file(path)
+    if kind == "checkpoint":
+        model = obj["model"]
+        d = {
+            "file": str(path), "kind": "sslkit.checkpoint", "format_version": obj.get("format_version"),
+            "sslkit_version": obj.get("sslkit_version"), "method": obj.get("method"),
+            "epoch": obj.get("epoch"), "step": obj.get("step"), "command": obj.get("command"),
+            "num_tensors": len(model), "num_parameters": int(sum(v.numel() for v in model.values() if v.is_floating_point())),
+            "has": {k: obj.get(k) is not None for k in ("optimizer", "scaler", "scheduler", "ema", "rng")},
+            "config": obj.get("config"),
+        }
+        if obj.get("metrics"):
+            d["metrics"] = obj["metrics"]
+        return d
+    if kind == "state_dict":
+        sd = obj
+        d = {"file": str(path), "kind": "torchvision state_dict", "num_tensors": len(sd),
+             "num_parameters": int(sum(v.numel() for v in sd.values() if v.is_floating_point()))}
+        side = path.with_suffix(path.suffix + ".json")
+        if side.exists():
+            import json
+
+            d["export"] = json.loads(side.read_text())
+        d["first_keys"] = list(sd)[:5]
+        return d
+    model = obj["model"]
+    d = {"file": str(path), "kind": "detectron2 weights (.pkl)", "num_arrays": len(model),
+         "num_parameters": int(sum(np.asarray(v).size for v in model.values())),
+         "matching_heuristics": obj.get("matching_heuristics"), "author": obj.get("__author__")}
+    for k in ("pixel_mean", "pixel_std", "input_format", "sslkit"):
+        if k in obj:
+            d[k] = obj[k]
+    d["first_keys"] = list(model)[:5]
+    return d
+
+
+def describe(path: Path) -> dict:
+    if not path.exists():
+        raise UserError("no such file", path)
+    if path.is_dir():
+        raise UserError("is a folder", path, "pass an .h5 artefact, a .pth or a .pkl")
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if magic == b"\x89HDF\r\n\x1a\n":
+        return describe_h5(path)
+    if path.suffix in (".pth", ".pt", ".pkl", ".ckpt") or magic[:2] == b"PK":
+        return describe_weights(path)
+    raise UserError("not an sslkit artefact (expected HDF5 .h5, .pth or .pkl)", path)
+
+
+def _print(d: dict) -> None:
+    from rich.table import Table
+
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column()
+    for k, v in d.items():
+        if k in ("params", "config", "fields", "skipped", "attrs", "export", "image_size", "has", "metrics"):
+            continue
+        t.add_row(k, str(v))
+    stdout.print(t)
+    if d.get("image_size"):
+        s = d["image_size"]
+        stdout.print(f"[bold]image size[/]  h {s['height'].get('min')}–{s['height'].get('max')}, "
+                     f"w {s['width'].get('min')}–{s['width'].get('max')}")
+    for name, f in d.get("fields", {}).items():
+        stdout.print(f"[bold]{name}[/]  {f}")
+    for key in ("params", "config", "attrs", "export", "has", "metrics"):
+        if d.get(key):
+            stdout.print(f"[bold]{key}[/]  {d[key]}")
+    if "skipped" in d:
+        sk = d["skipped"]
+        stdout.print(f"[bold]skipped[/]  {len(sk)} file(s)")
+        for s in sk[:20]:
+            stdout.print(f"  {s['file_name']}: {s['reason']}")
+        if len(sk) > 20:
+            stdout.print(f"  … {len(sk) - 20} more (see --json)")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("info", help=HELP)
+    def info_cmd(
+        file: Path = typer.Argument(..., help="An .h5 artefact, a .pth checkpoint/state_dict, or a detectron2 .pkl."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    ):
+        d = describe(file)
+        if as_json:
+            print_json(d)
+        else:
+            _print(d)

@@ -1,0 +1,1 @@
+"""Inputs and artefacts: images, COCO json, HDF5 artefact files, checkpoints, atomic writes."""
