@@ -1,0 +1,1 @@
+"""Backbones, projector/predictor heads, RoI feature extraction."""
