@@ -45,6 +45,11 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ):
     _state["verbose"] = verbose or bool(os.environ.get("SSLKIT_VERBOSE"))
+    from sslkit._env import FIX, opencv_conflict
+
+    conflict = opencv_conflict()
+    if conflict:
+        sys.stderr.write(f"warning: {conflict}; fix: {FIX}\n")
 
 
 for _name in COMMAND_MODULES:
@@ -57,31 +62,20 @@ def _error(msg: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
-    verbose = "--verbose" in (argv or sys.argv) or "-v" in (argv or sys.argv[1:2])
+    """Console-script entry point. Usage errors are typer's (exit 2); ours are one line."""
+    args = sys.argv[1:] if argv is None else argv
+    verbose = bool(os.environ.get("SSLKIT_VERBOSE")) or any(a in ("--verbose", "-v") for a in args[:1])
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=args, prog_name="sslkit")
     except UserError as e:
         if verbose or _state["verbose"]:
             traceback.print_exc()
         _error(e.line())
         sys.exit(e.exit_code)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        _error("aborted")
-        sys.exit(130)
     except KeyboardInterrupt:
         _error("interrupted")
         sys.exit(130)
-    except SystemExit:
-        raise
     except Exception as e:  # noqa: BLE001 - the one place that turns failures into a line
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
         if verbose or _state["verbose"]:
             traceback.print_exc()
             _error(f"{type(e).__name__}: {e}")

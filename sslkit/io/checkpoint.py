@@ -53,6 +53,10 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
 
 
 def _torch_load(path: Path, map_location="cpu"):
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic != b"PK" and magic[:1] != b"\x80":  # torch.save's zip format, or a legacy pickle
+        raise FormatError("not a readable PyTorch file (neither a torch zip archive nor a pickle)", path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

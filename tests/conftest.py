@@ -1,0 +1,32 @@
+"""Shared fixtures: a handful of real photos (bundled in the scikit-image wheel), tiny."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REAL_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
+
+
+def real_photo(name: str, max_side: int = 128) -> np.ndarray:
+    """A real photo from skimage.data (no network: these ship inside the wheel), downscaled."""
+    import skimage.data
+
+    arr = getattr(skimage.data, name)()
+    img = Image.fromarray(arr).convert("RGB")
+    img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return np.asarray(img)
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory) -> Path:
+    """A folder of 5 real photos (JPEG, ≤128 px), one in a subfolder."""
+    d = tmp_path_factory.mktemp("photos")
+    (d / "sub").mkdir()
+    for i, name in enumerate(REAL_PHOTOS):
+        target = d / "sub" if i == 4 else d
+        Image.fromarray(real_photo(name)).save(target / f"{name}.jpg", quality=90)
+    return d
