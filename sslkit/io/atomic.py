@@ -18,10 +18,20 @@ def temp_path_for(path: str | os.PathLike) -> Path:
     return Path(tmp)
 
 
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
-    """fsync ``tmp`` and rename it onto ``path``; readers see the old file or the new one, never half."""
+    """fsync ``tmp`` and rename it onto ``path``; readers see the old file or the new one, never half.
+
+    The file gets the permissions a plain ``open(path, "w")`` would give (mkstemp makes it 0600).
+    """
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
+        os.fchmod(f.fileno(), _default_mode())
     os.replace(tmp, path)
     with contextlib.suppress(OSError):
         dfd = os.open(Path(path).parent, os.O_RDONLY)

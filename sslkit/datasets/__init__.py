@@ -1,0 +1,1 @@
+"""Datasets sslkit builds itself: the offline demo / benchmark scenes (:mod:`sslkit.datasets.demo`)."""
