@@ -55,16 +55,39 @@ def describe_h5(path: Path) -> dict:
     return d
 
 
+def _export_summary(rec: dict) -> dict:
+    """The headline fields of an ``sslkit export`` record (sidecar or the .pkl's ``sslkit`` entry)."""
+    src = rec.get("origin") or rec.get("source") or {}
+    d = {"exported_from": src.get("path"), "method": rec.get("method"), "encoder": rec.get("encoder")}
+    if src.get("epoch") is not None:
+        d["trained"] = f"epoch {src['epoch']}, step {src.get('step')}"
+    d["backbone_sha256"] = rec.get("backbone_sha256")
+    d["exported"] = rec.get("created")
+    return d
+
+
+def _arch_or_reason(sd) -> str:
+    from sslkit.models.convert import KeyMapError, infer_arch
+
+    try:
+        return infer_arch(sd)
+    except KeyMapError as e:
+        return f"unknown ({e})"
+
+
 def describe_weights(path: Path) -> dict:
     from sslkit.io.checkpoint import load_weights_file
+    from sslkit.models import convert
 
     kind, obj = load_weights_file(path)
     if kind == "checkpoint":
         model = obj["model"]
+        cfg = obj.get("config") or {}
         d = {
             "file": str(path), "kind": "sslkit.checkpoint", "format_version": obj.get("format_version"),
-            "sslkit_version": obj.get("sslkit_version"), "method": obj.get("method"),
+            "sslkit_version": obj.get("sslkit_version"), "method": obj.get("method"), "arch": cfg.get("arch"),
             "epoch": obj.get("epoch"), "step": obj.get("step"), "command": obj.get("command"),
+            "encoders": obj.get("encoders"), "default_encoder": obj.get("default_encoder"),
             "num_tensors": len(model), "num_parameters": int(sum(v.numel() for v in model.values() if v.is_floating_point())),
             "has": {k: obj.get(k) is not None for k in ("optimizer", "scaler", "scheduler", "ema", "rng")},
             "config": obj.get("config"),
@@ -74,22 +97,33 @@ def describe_weights(path: Path) -> dict:
         return d
     if kind == "state_dict":
         sd = obj
-        d = {"file": str(path), "kind": "torchvision state_dict", "num_tensors": len(sd),
-             "num_parameters": int(sum(v.numel() for v in sd.values() if v.is_floating_point()))}
-        side = path.with_suffix(path.suffix + ".json")
-        if side.exists():
-            import json
-
-            d["export"] = json.loads(side.read_text())
+        d = {"file": str(path), "kind": "torchvision state_dict", "arch": _arch_or_reason(
+                {k: v for k, v in sd.items() if not k.startswith("fc.")}),
+             "num_tensors": len(sd), "num_parameters": int(sum(v.numel() for v in sd.values() if v.is_floating_point()))}
+        side = convert.read_sidecar(path)
+        if side is not None:
+            d.update(_export_summary(side))
+            d["export"] = side
+        elif convert.sidecar_path(path).exists():
+            d["sidecar"] = f"{convert.sidecar_path(path).name} does not describe this file (not an export record, or its sha256 differs); ignored"
         d["first_keys"] = list(sd)[:5]
         return d
     model = obj["model"]
-    d = {"file": str(path), "kind": "detectron2 weights (.pkl)", "num_arrays": len(model),
+    try:
+        arch = _arch_or_reason(convert.detectron2_to_torchvision(model))
+    except convert.KeyMapError as e:
+        arch = f"not a bare detectron2 ResNet backbone ({e})"
+    d = {"file": str(path), "kind": "detectron2 weights (.pkl)", "arch": arch, "num_arrays": len(model),
          "num_parameters": int(sum(np.asarray(v).size for v in model.values())),
          "matching_heuristics": obj.get("matching_heuristics"), "author": obj.get("__author__")}
-    for k in ("pixel_mean", "pixel_std", "input_format", "sslkit"):
+    for k in ("pixel_mean", "pixel_std", "input_format"):
         if k in obj:
             d[k] = obj[k]
+    rec = obj.get("sslkit")
+    if isinstance(rec, dict) and rec.get("format") == convert.EXPORT_FORMAT:
+        d.update(_export_summary(rec))
+        d["detectron2_config"] = rec.get("detectron2_config")
+        d["export"] = rec
     d["first_keys"] = list(model)[:5]
     return d
 
@@ -115,7 +149,8 @@ def _print(d: dict) -> None:
     t.add_column(style="bold")
     t.add_column()
     for k, v in d.items():
-        if k in ("params", "config", "fields", "skipped", "attrs", "export", "image_size", "has", "metrics"):
+        if k in ("params", "config", "fields", "skipped", "attrs", "export", "image_size", "has", "metrics",
+                 "detectron2_config"):
             continue
         t.add_row(k, str(v))
     stdout.print(t)
@@ -125,9 +160,14 @@ def _print(d: dict) -> None:
                      f"w {s['width'].get('min')}–{s['width'].get('max')}")
     for name, f in d.get("fields", {}).items():
         stdout.print(f"[bold]{name}[/]  {f}")
-    for key in ("params", "config", "attrs", "export", "has", "metrics"):
+    for key in ("params", "config", "attrs", "has", "metrics"):
         if d.get(key):
             stdout.print(f"[bold]{key}[/]  {d[key]}")
+    if d.get("detectron2_config"):
+        stdout.print("[bold]detectron2 config[/]")
+        stdout.print(d["detectron2_config"], markup=False, highlight=False)
+    if d.get("export"):
+        stdout.print("[dim]full export record: sslkit info --json[/]")
     if "skipped" in d:
         sk = d["skipped"]
         stdout.print(f"[bold]skipped[/]  {len(sk)} file(s)")

@@ -1,0 +1,157 @@
+"""``sslkit export``: one encoder's backbone as torchvision or detectron2 weights."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+import typer
+
+from sslkit.cli.common import print_json, stdout, warn
+from sslkit.errors import UserError
+
+HELP = """Export a backbone for downstream use, or convert exported weights.
+
+Reads WEIGHTS: an sslkit training checkpoint (one encoder: its
+default_encoder, or --encoder NAME), a torchvision ResNet state_dict (e.g.
+an earlier export; fc.* is dropped) or a detectron2 ResNet .pkl.
+
+Writes OUT in one of two formats (--format; default: detectron2 for a .pkl
+OUT, torchvision otherwise):
+
+  torchvision  a plain ResNet state_dict without fc, plus OUT.json (arch,
+               method, encoder, source file + sha256, epoch/step, input
+               normalisation: RGB, ImageNet mean/std). Load it with
+                 m = torchvision.models.resnet50()
+                 m.fc = torch.nn.Identity()
+                 m.load_state_dict(torch.load(OUT), strict=True)
+  detectron2   a .pkl with detectron2's ResNet names (stem.conv1.norm.*,
+               res2.0.conv1.*, res2.0.shortcut.norm.*, ...),
+               matching_heuristics=True, pixel_mean/std (0-255, RGB) and
+               input_format RGB; prints the detectron2 config lines to use.
+
+A tensor that does not map, or a missing one, is an error; only
+num_batches_tracked is dropped (detectron2's FrozenBN has none).
+
+Examples:
+
+  sslkit export run/last.pth -o r50.pth
+  sslkit export run/last.pth -o r50_target.pth --encoder target
+  sslkit export r50.pth -o r50_d2.pkl
+"""
+
+
+class Fmt(str, enum.Enum):
+    torchvision = "torchvision"
+    detectron2 = "detectron2"
+
+
+def _now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def export(weights: Path, out: Path, fmt: Fmt | None = None, encoder: str | None = None,
+           overwrite: bool = False) -> dict:
+    """Write ``out`` and return the export record (what the sidecar / the .pkl's ``sslkit`` entry hold)."""
+    import torch
+
+    from sslkit import __version__
+    from sslkit.io.artefacts import command_line
+    from sslkit.io.atomic import atomic_path
+    from sslkit.io.checkpoint import save_detectron2_pkl
+    from sslkit.io.images import write_json
+    from sslkit.models import convert as C
+
+    is_pkl = out.suffix.lower() == ".pkl"
+    fmt = fmt or (Fmt.detectron2 if is_pkl else Fmt.torchvision)
+    if fmt is Fmt.detectron2 and not is_pkl:
+        raise UserError("detectron2 weights must be a .pkl file (detectron2 reads .pkl as numpy weights)", out,
+                        "name the output e.g. model_d2.pkl")
+    if fmt is Fmt.torchvision and is_pkl:
+        raise UserError("a .pkl name would be read as detectron2 weights", out, "name a torchvision export .pth")
+    if out.is_dir():
+        raise UserError("is a folder, expected an output file name", out)
+    if out.exists() and weights.exists() and out.resolve() == weights.resolve():
+        raise UserError("output would overwrite the input", out, "choose another -o")
+    if out.exists() and not overwrite:
+        raise UserError("already exists", out, "choose another -o or pass --overwrite")
+
+    sd, meta = C.backbone_state_dict(weights, encoder=encoder)
+    record = {
+        "format": C.EXPORT_FORMAT, "format_version": C.EXPORT_VERSION, "sslkit_version": __version__,
+        "created": _now(), "command": command_line(), "weights_format": fmt.value,
+        "arch": meta["arch"], "method": meta.get("method"), "encoder": meta.get("encoder"),
+        "source": {"path": str(weights.resolve()), "kind": meta["kind"], "sha256": meta["sha256"],
+                   "epoch": meta.get("epoch"), "step": meta.get("step")},
+        "backbone_sha256": meta["backbone_sha256"],
+        "input": {"format": "RGB", "pixel_mean": list(C.PIXEL_MEAN), "pixel_std": list(C.PIXEL_STD),
+                  "pixel_mean_255": list(C.PIXEL_MEAN_255), "pixel_std_255": list(C.PIXEL_STD_255),
+                  "note": "RGB images scaled to [0, 1], then (x - pixel_mean) / pixel_std"},
+        "notes": meta["notes"],
+    }
+    if "export" in meta:  # converting an earlier export: keep where the weights came from
+        record["origin"] = meta["export"].get("origin") or meta["export"].get("source")
+
+    if fmt is Fmt.torchvision:
+        clean = {k: v.detach().cpu().clone().contiguous() for k, v in sd.items()}
+        with atomic_path(out) as tmp:
+            torch.save(clean, tmp)
+        build = ("m = sslkit.models.backbones.build_backbone('resnet_tiny')" if meta["arch"] == "resnet_tiny"
+                 else f"m = torchvision.models.{meta['arch']}(); m.fc = torch.nn.Identity()")
+        record.update(num_tensors=len(clean), file_sha256=C.file_sha256(out),
+                      load=f"{build}; m.load_state_dict(torch.load(path, weights_only=True), strict=True)")
+        write_json(C.sidecar_path(out), record)
+    else:
+        d2 = C.torchvision_to_detectron2(sd)
+        record.update(num_tensors=len(d2),
+                      dropped_num_batches_tracked=sum(k.endswith("num_batches_tracked") for k in sd),
+                      detectron2_config=C.detectron2_config(meta["arch"], str(out.resolve())))
+        save_detectron2_pkl(out, d2, extra={
+            # bare backbone names: detectron2 must match them as suffixes of backbone.bottom_up.* (FPN)
+            # or backbone.* / roi_heads.res5.* (C4); __author__ is not "Caffe2", so no renaming happens
+            "matching_heuristics": True,
+            "pixel_mean": list(C.PIXEL_MEAN_255), "pixel_std": list(C.PIXEL_STD_255), "input_format": "RGB",
+            "sslkit": record,
+        })
+    return record
+
+
+def _print_summary(rec: dict, out: Path) -> None:
+    src = rec.get("origin") or rec["source"]
+    what = f"{rec['arch']}"
+    if rec.get("method"):
+        what += f" · {rec['method']}"
+    if rec.get("encoder"):
+        what += f" · encoder {rec['encoder']}"
+    if src.get("epoch") is not None:
+        what += f" · epoch {src['epoch']} step {src.get('step')}"
+    stdout.print(f"[bold]wrote[/] {out}  ({rec['weights_format']}, {rec['num_tensors']} tensors, {what})")
+    if rec["weights_format"] == "torchvision":
+        stdout.print(f"[bold]metadata[/] {out}.json")
+        stdout.print(f"[bold]load[/] {rec['load'].replace('path', repr(str(out)))}")
+    else:
+        stdout.print("[bold]detectron2 config[/] (matching_heuristics=True; FrozenBN/SyncBN keys are the same):")
+        stdout.print(rec["detectron2_config"], markup=False, highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export", help=HELP)
+    def export_cmd(
+        weights: Path = typer.Argument(..., help="Training checkpoint (.pth), torchvision state_dict, or detectron2 .pkl."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output file (.pth for torchvision, .pkl for detectron2)."),
+        fmt: Fmt = typer.Option(None, "--format", "-f", help="Output format (default: from the suffix of -o)."),
+        encoder: str = typer.Option(None, "--encoder", help="Which encoder of a checkpoint, e.g. online, target, query, key (default: its default_encoder)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+        as_json: bool = typer.Option(False, "--json", help="Print the export record as JSON."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (and --json)."),
+    ):
+        rec = export(weights, out, fmt, encoder, overwrite)
+        if not quiet:
+            for note in rec["notes"]:
+                warn(note)
+        if as_json:
+            print_json(rec)
+        elif not quiet:
+            _print_summary(rec, out)
