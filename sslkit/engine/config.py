@@ -1,0 +1,247 @@
+"""The pretraining config: one flat mapping, resolved as
+
+    engine defaults  <  the method's DEFAULTS  <  --config FILE (YAML/TOML)  <  --set KEY=VALUE  <  flags
+
+On resume the checkpoint's config replaces the first two layers; only keys marked ``runtime``
+(speed, logging and checkpoint cadence, workers, the device layout) may then differ from it.
+The resolved mapping is saved as ``RUN_DIR/config.yaml`` and in every checkpoint's ``config``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sslkit.errors import UserError
+
+
+@dataclass(frozen=True)
+class Key:
+    default: Any
+    kind: type  # bool, int, float, str
+    help: str
+    choices: tuple | None = None
+    runtime: bool = False  # may change when resuming
+    optional: bool = False  # None is a valid value
+
+
+#: keys every method has; a method's DEFAULTS override these defaults and add its own keys
+ENGINE_KEYS: dict[str, Key] = {
+    "method": Key(None, str, "pretraining method"),
+    "images": Key(None, str, "image folder or COCO json (absolute path; may move between resumes)",
+                  runtime=True),
+    "image_root": Key(None, str, "image folder of a COCO json", optional=True, runtime=True),
+    "arch": Key("resnet50", str, "backbone: any torchvision ResNet/ResNeXt/Wide-ResNet, or resnet_tiny"),
+    "image_size": Key(224, int, "side of the square training views (px)"),
+    "batch_size": Key(256, int, "GLOBAL batch size, split evenly across ranks"),
+    "epochs": Key(100, int, "training epochs"),
+    "optimizer": Key("sgd", str, "optimizer", choices=("sgd", "lars", "adamw")),
+    "lr": Key(0.1, float, "base learning rate, scaled by lr_scaling (linear: ×batch/256)"),
+    "lr_scaling": Key("linear", str, "peak lr = lr×B/256 (linear), lr×√B (sqrt) or lr (none)",
+                      choices=("linear", "sqrt", "none")),
+    "weight_decay": Key(1e-4, float, "weight decay"),
+    "optim_momentum": Key(0.9, float, "SGD/LARS momentum"),
+    "lars_eta": Key(1e-3, float, "LARS trust coefficient"),
+    "warmup_epochs": Key(0.0, float, "linear lr warm-up length (epochs)"),
+    "warmup_start_factor": Key(1e-4, float, "warm-up starts at this fraction of the peak lr"),
+    "min_lr": Key(0.0, float, "cosine schedule end value (absolute)"),
+    "sync_bn": Key(False, bool, "SyncBatchNorm across GPUs (ignored on CPU and for one rank)"),
+    "seed": Key(0, int, "seed of the init, the sampler permutation and every augmentation draw"),
+    # runtime: may change on resume
+    "device": Key("cpu", str, "cpu or cuda", choices=("cpu", "cuda"), runtime=True),
+    "world_size": Key(1, int, "number of ranks (recorded)", runtime=True),
+    "precision": Key("auto", str, "autocast precision (auto: bf16 on a bf16-capable GPU, else fp32)",
+                     choices=("auto", "fp32", "bf16", "fp16"), runtime=True),
+    "channels_last": Key(False, bool, "NHWC memory format", runtime=True),
+    "compile": Key(False, bool, "torch.compile the backbones", runtime=True),
+    "workers": Key(None, int, "DataLoader workers per rank (default: CPUs per rank − 1, at most 8)",
+                   runtime=True, optional=True),
+    "save_every": Key(1000, int, "write RUN_DIR/last.pth every N steps (0: only at epoch ends)", runtime=True),
+    "keep_last": Key(3, int, "epoch checkpoints to keep (0: keep all)", runtime=True),
+    "log_every": Key(10, int, "log.jsonl / TensorBoard / progress line every N steps", runtime=True),
+    "max_steps": Key(None, int, "stop (with a checkpoint) after this many total steps; the schedule is "
+                     "unchanged", runtime=True, optional=True),
+    "tensorboard": Key(True, bool, "write TensorBoard event files to RUN_DIR/tb", runtime=True),
+}
+
+
+def method_keys(method_cls) -> dict[str, Key]:
+    """All keys of a method: the engine's with the method's defaults, plus its own hyper-parameters."""
+    keys = dict(ENGINE_KEYS)
+    keys["method"] = Key(method_cls.name, str, ENGINE_KEYS["method"].help, choices=(method_cls.name,))
+    for name, value in method_cls.DEFAULTS.items():
+        if name in keys:
+            k = keys[name]
+            keys[name] = Key(value, k.kind, k.help, k.choices, k.runtime, k.optional)
+        else:
+            kind = type(value)
+            if kind not in (bool, int, float, str):
+                raise TypeError(f"{method_cls.__name__}.DEFAULTS[{name!r}] must be a bool/int/float/str")
+            keys[name] = Key(value, kind, method_cls.HELP.get(name, ""))
+    return keys
+
+
+def load_config_file(path: str | os.PathLike) -> dict:
+    """A flat mapping from a ``.yaml``/``.yml`` or ``.toml`` file."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError("no such config file", p)
+    try:
+        if p.suffix.lower() == ".toml":
+            import tomllib
+
+            data = tomllib.loads(p.read_text())
+        elif p.suffix.lower() in (".yaml", ".yml"):
+            data = yaml.safe_load(p.read_text())
+        else:
+            raise UserError("config files must be .yaml, .yml or .toml", p)
+    except (yaml.YAMLError, ValueError) as e:
+        raise UserError(f"cannot parse the config ({str(e).splitlines()[0]})", p) from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or any(isinstance(v, dict) for v in data.values()):
+        raise UserError("a config file is a flat mapping of key: value", p, "see docs/pretrain.md")
+    return data
+
+
+def parse_set(items: list[str]) -> dict:
+    """``["lr=0.3", "sync_bn=false"]`` → ``{"lr": 0.3, "sync_bn": False}`` (values parsed as YAML)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--set {item!r} is not KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip().replace("-", "_")] = yaml.safe_load(v) if v.strip() else None
+    return out
+
+
+def _coerce(name: str, key: Key, value: Any, where: str) -> Any:
+    if value is None:
+        if key.optional:
+            return None
+        raise UserError(f"{name} cannot be empty", where)
+    try:
+        if key.kind is bool:
+            if isinstance(value, bool):
+                out = value
+            elif isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+                out = value.lower() in ("true", "yes", "on", "1")
+            else:
+                raise ValueError
+        elif key.kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            out = int(value)
+        elif key.kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            out = float(value)  # also "1e-4", which YAML 1.1 reads as a string
+            if not math.isfinite(out):
+                raise ValueError
+        else:
+            if not isinstance(value, str):
+                raise ValueError
+            out = value
+    except (ValueError, TypeError):
+        raise UserError(f"{name}={value!r} is not a valid {key.kind.__name__}", where) from None
+    if key.choices and out not in key.choices:
+        raise UserError(f"{name}={out!r} is not one of {', '.join(map(str, key.choices))}", where)
+    return out
+
+
+def _unknown(name: str, keys: dict[str, Key], where: str, method: str) -> UserError:
+    close = difflib.get_close_matches(name, list(keys), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"see `sslkit pretrain --method {method} --print-config`"
+    return UserError(f"{method} has no setting {name!r}", where, hint)
+
+
+def apply_layer(cfg: dict, keys: dict[str, Key], layer: dict, where: str, method: str) -> dict:
+    """``cfg`` updated with ``layer``'s validated values."""
+    out = dict(cfg)
+    for name, value in layer.items():
+        if name not in keys:
+            raise _unknown(name, keys, where, method)
+        out[name] = _coerce(name, keys[name], value, where)
+    return out
+
+
+def resolve(method_cls, layers: list[tuple[str, dict]], base: dict | None = None) -> dict:
+    """Defaults (or ``base``, a checkpoint's config) overlaid by ``layers`` ``[(where, mapping), …]``."""
+    keys = method_keys(method_cls)
+    cfg = {k: v.default for k, v in keys.items()} if base is None else dict(base)
+    for k, v in keys.items():
+        cfg.setdefault(k, v.default)  # keys added by a newer sslkit
+    for where, layer in layers:
+        cfg = apply_layer(cfg, keys, layer, where, method_cls.name)
+    return cfg
+
+
+def frozen_changes(method_cls, old: dict, new: dict) -> list[str]:
+    """Keys that define the run and differ between ``old`` (the checkpoint's) and ``new``."""
+    keys = method_keys(method_cls)
+    return [k for k, key in keys.items() if not key.runtime and k in old and old.get(k) != new.get(k)]
+
+
+def validate(cfg: dict) -> None:
+    """Checks that need several keys or the machine; method-specific ones live in ``Method.validate``."""
+    for name in ("image_size", "batch_size", "epochs"):
+        if cfg[name] < 1:
+            raise UserError(f"{name} must be at least 1 (got {cfg[name]})")
+    if cfg["image_size"] < 32:
+        raise UserError(f"image_size {cfg['image_size']} is too small for a ResNet (minimum 32)")
+    if cfg["batch_size"] % cfg["world_size"]:
+        raise UserError(f"batch size {cfg['batch_size']} does not split evenly over {cfg['world_size']} ranks",
+                        None, "make --batch-size a multiple of the number of GPUs/processes")
+    if cfg["batch_size"] // cfg["world_size"] < 2:
+        raise UserError("each rank needs at least 2 images per batch for BatchNorm", None,
+                        "raise --batch-size or use fewer ranks")
+    for name in ("lr", "weight_decay", "warmup_epochs", "min_lr"):
+        if cfg[name] < 0:
+            raise UserError(f"{name} must be >= 0 (got {cfg[name]})")
+    if not 0.0 <= cfg["warmup_start_factor"] <= 1.0:
+        raise UserError(f"warmup_start_factor must be in [0, 1] (got {cfg['warmup_start_factor']})")
+    if cfg["warmup_epochs"] > cfg["epochs"]:
+        raise UserError(f"warmup_epochs {cfg['warmup_epochs']} is longer than epochs {cfg['epochs']}")
+    if cfg["workers"] is not None and cfg["workers"] < 0:
+        raise UserError("workers must be >= 0")
+    if cfg["max_steps"] is not None and cfg["max_steps"] < 1:
+        raise UserError("max_steps must be at least 1")
+    for name in ("save_every", "keep_last", "log_every"):
+        if cfg[name] < 0 or (name == "log_every" and cfg[name] == 0):
+            raise UserError(f"{name} must be {'>= 1' if name == 'log_every' else '>= 0'}")
+    if cfg["device"] == "cpu" and cfg["precision"] == "fp16":
+        raise UserError("fp16 autocast needs a GPU", None, "use --precision bf16 or fp32 on CPU")
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto`` → bf16 on a bf16-capable GPU, else fp32. Called in the training process: asking
+    CUDA in the launching process would give it a CUDA context (and fail on exclusive-mode GPUs)."""
+    if device != "cuda":
+        return "fp32" if precision == "auto" else precision
+    import torch
+
+    bf16 = torch.cuda.is_bf16_supported()
+    if precision == "auto":
+        return "bf16" if bf16 else "fp32"
+    if precision == "bf16" and not bf16:
+        raise UserError("this GPU has no bf16 support", None, "use --precision fp16")
+    return precision
+
+
+def default_workers(procs_per_node: int) -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        cpus = os.cpu_count() or 1
+    return max(0, min(8, cpus // max(1, procs_per_node) - 1))
+
+
+def dump_yaml(cfg: dict, header: str = "") -> str:
+    body = yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)
+    return (header + body) if header else body

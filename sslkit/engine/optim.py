@@ -1,0 +1,88 @@
+"""Optimizers: SGD (momentum), LARS, AdamW, with the parameter grouping each recipe uses.
+
+* ``sgd``: weight decay on every parameter, BN and biases included (ORL/OpenSelfSup and the MoCo
+  repo both do this).
+* ``lars``: biases and BN parameters (every 1-d tensor) get neither weight decay nor the LARS
+  trust ratio (SimCLR and BYOL code; OpenSelfSup ``lars_exclude``).
+* ``adamw``: 1-d tensors without weight decay (the usual AdamW practice).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise Adaptive Rate Scaling (You et al. 2017) as SimCLR/BYOL use it.
+
+    For a parameter group with ``lars_adapt=True`` the update direction ``g + wd·w`` is scaled by
+    the trust ratio ``eta·‖w‖ / ‖g + wd·w‖`` (1 when either norm is 0), then heavy-ball momentum:
+    ``v ← m·v + lr·trust·(g + wd·w)``, ``w ← w − v``. Groups with ``lars_adapt=False`` are plain
+    momentum SGD (with their own weight decay, usually 0).
+    """
+
+    def __init__(self, params, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
+                 eta: float = 1e-3, lars_adapt: bool = True):
+        if lr < 0 or momentum < 0 or weight_decay < 0 or eta <= 0:
+            raise ValueError("LARS: lr, momentum, weight_decay must be >= 0 and eta > 0")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
+                                      lars_adapt=lars_adapt))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            wd, m, lr, eta = group["weight_decay"], group["momentum"], group["lr"], group["eta"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad
+                if wd != 0:
+                    d = d.add(p, alpha=wd)
+                if group["lars_adapt"]:
+                    w_norm = torch.linalg.vector_norm(p)
+                    d_norm = torch.linalg.vector_norm(d)
+                    trust = torch.where((w_norm > 0) & (d_norm > 0), eta * w_norm / d_norm,
+                                        torch.ones_like(w_norm))
+                    d = d.mul(trust)
+                state = self.state[p]
+                buf = state.get("momentum_buffer")
+                if buf is None:
+                    buf = state["momentum_buffer"] = torch.clone(d).mul_(lr)
+                else:
+                    buf.mul_(m).add_(d, alpha=lr)
+                p.sub_(buf)
+        return loss
+
+
+def _split_decay(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Trainable parameters split into (weights, 1-d tensors: biases and norm affine parameters)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    return decay, no_decay
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9,
+                    lars_eta: float = 1e-3) -> torch.optim.Optimizer:
+    """The optimizer for ``model``'s trainable parameters (frozen EMA targets are left out).
+
+    ``lr`` is the initial value; the engine sets every group's ``lr`` from the schedule each step.
+    """
+    if name == "sgd":
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    decay, no_decay = _split_decay(model)
+    if name == "lars":
+        return LARS([{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "lars_adapt": False}],
+                    lr=lr, momentum=momentum, weight_decay=weight_decay, eta=lars_eta)
+    if name == "adamw":
+        return torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+                                 lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}")

@@ -1,0 +1,24 @@
+"""Pretraining methods, one file each, on the :class:`~sslkit.methods.base.Method` contract.
+
+``METHODS`` maps the ``--method`` name to its class. Adding a method: its file, an entry here,
+a doc page and tests.
+"""
+
+from sslkit.methods.base import Method
+from sslkit.methods.byol import BYOL
+from sslkit.methods.mocov2 import MoCoV2
+from sslkit.methods.simclr import SimCLR
+
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (BYOL, MoCoV2, SimCLR)}
+
+
+def get_method(name: str) -> type[Method]:
+    """The class registered as ``name``; a :class:`~sslkit.errors.UserError` naming the choices otherwise."""
+    if name not in METHODS:
+        from sslkit.errors import UserError
+
+        raise UserError(f"unknown method {name!r}", None, f"choose one of: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+__all__ = ["METHODS", "Method", "get_method"]

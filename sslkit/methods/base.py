@@ -1,0 +1,91 @@
+"""The method contract: what a method file provides and the engine relies on.
+
+A method is an ``nn.Module`` built from the resolved config. It owns
+
+* ``backbone``: the evaluation encoder, a torchvision ResNet from
+  :func:`sslkit.models.backbones.build_backbone` (``fc = Identity``);
+* its heads, EMA/momentum copies and buffers (queues), all inside ``state_dict()``;
+* :meth:`forward_train` (``batch → {"loss": tensor, other scalars to log}``), which the engine
+  calls through DDP (``forward`` delegates to it);
+* :meth:`on_after_step`, called after every optimizer step (EMA / momentum updates);
+* :meth:`encoders`, ``{name: state_dict prefix}`` of every backbone in ``state_dict()`` that can be
+  exported (e.g. BYOL's online and target networks), and ``default_encoder``;
+* class-level ``DEFAULTS`` (its hyper-parameters, overriding the engine's defaults where they
+  differ, e.g. optimizer and lr) with ``HELP`` for its own keys, and :meth:`make_transform`, the
+  view pipeline for one decoded image.
+
+It has no loop, data loader, checkpoint or CLI code: those are the engine's.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, default_collate
+
+from sslkit.models.backbones import build_backbone
+
+
+class Method(nn.Module, abc.ABC):
+    #: registry name (``--method``)
+    name: ClassVar[str] = ""
+    #: hyper-parameters: engine keys it overrides + its own keys (bool/int/float/str values)
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+    #: help for its own keys
+    HELP: ClassVar[dict[str, str]] = {}
+    #: the encoder ``export``/``linprobe`` use unless told otherwise
+    default_encoder: ClassVar[str] = ""
+    #: how the method's batch is collated (a tuple of view tensors by default)
+    collate: ClassVar[Callable] = staticmethod(default_collate)
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.backbone = build_backbone(cfg["arch"])
+
+    @property
+    def feat_dim(self) -> int:
+        return self.backbone.feat_dim
+
+    def forward(self, batch) -> dict[str, torch.Tensor]:
+        return self.forward_train(batch)
+
+    @abc.abstractmethod
+    def forward_train(self, batch) -> dict[str, torch.Tensor]:
+        """The loss of one (local) batch: ``{"loss": scalar with grad, …other detached scalars}``."""
+
+    def on_after_step(self, step: int, total_steps: int) -> dict[str, float]:
+        """Called after optimizer step ``step`` (0-based) of ``total_steps``; returns values to log."""
+        return {}
+
+    @abc.abstractmethod
+    def encoders(self) -> dict[str, str]:
+        """``{encoder name: state_dict key prefix}``, e.g. ``{"online": "backbone."}``."""
+
+    def ema_state(self) -> dict | None:
+        """The checkpoint's ``ema`` entry: the momentum schedule and which module follows which, or None."""
+        return None
+
+    @classmethod
+    @abc.abstractmethod
+    def make_transform(cls, cfg: dict) -> Callable:
+        """The view pipeline: a decoded HWC uint8 RGB array → one training sample."""
+
+    @classmethod
+    def make_dataset(cls, cfg: dict, source) -> Dataset:
+        """The training dataset over an :class:`~sslkit.io.images.ImageSource`.
+
+        The engine's sampler asks for items by ``(epoch, index)`` keys; an item is
+        ``(sample, skipped)`` with ``skipped`` a list of ``(file_name, reason)`` of unreadable images
+        it replaced (see :class:`sslkit.engine.data.ImageDataset`). Samples are collated by ``collate``.
+        """
+        from sslkit.engine.data import ImageDataset
+
+        return ImageDataset(source, cls.make_transform(cfg), seed=cfg["seed"])
+
+    @classmethod
+    def validate(cls, cfg: dict) -> None:
+        """Method-specific config checks; raise :class:`~sslkit.errors.UserError`."""

@@ -1,0 +1,108 @@
+"""BYOL (Grill et al., NeurIPS 2020) with ORL's COCO recipe (Xie et al., NeurIPS 2021, §3.2; spec §2.1–2.2, §3).
+
+Online network θ: backbone → projector → predictor. Target ξ: backbone → projector, an EMA of θ
+(predictor excluded), updated after every step with τ cosine-annealed from 0.99 to 1 per
+iteration. Each view goes through its own forward pass (its own BN batch statistics), as in
+OpenSelfSup. Loss: ℓ(v, v′) + ℓ(v′, v) with ℓ(a, b) = mean ‖q̄(a) − z̄_ξ(b)‖² = 2 − 2·cos.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from sslkit.engine.ema import ema_update, frozen_copy
+from sslkit.engine.schedules import ema_momentum
+from sslkit.methods.base import Method
+from sslkit.models.heads import byol_mlp
+from sslkit.transforms import MultiView, byol_views
+
+
+def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``‖p/‖p‖ − z/‖z‖‖² = 2 − 2·cos(p, z)``: 0 for parallel, 4 for opposite vectors.
+
+    ``z`` is the target projection; it is detached here (stop-gradient).
+    """
+    p = F.normalize(p.float(), dim=-1)
+    z = F.normalize(z.detach().float(), dim=-1)
+    return (2.0 - 2.0 * (p * z).sum(dim=-1)).mean()
+
+
+class BYOL(Method):
+    name = "byol"
+    default_encoder = "online"
+    DEFAULTS = {
+        # ORL §3.2 + its OpenSelfSup config (spec §3): SGD m=0.9, wd 1e-4 on all params, base lr 0.2
+        # ×B/256, cosine to 0, 4 warm-up epochs from 1e-4·lr, batch 512 (64×8 GPUs), 800 epochs, SyncBN
+        "arch": "resnet50",
+        "image_size": 224,
+        "batch_size": 512,
+        "epochs": 800,
+        "optimizer": "sgd",
+        "lr": 0.2,
+        "lr_scaling": "linear",
+        "weight_decay": 1e-4,
+        "optim_momentum": 0.9,
+        "warmup_epochs": 4.0,
+        "warmup_start_factor": 1e-4,
+        "sync_bn": True,
+        # BYOL §3.2 / ORL: τ_base 0.99, cosine to 1 per iteration; heads 4096 → 256 (spec §2.1)
+        "ema_momentum": 0.99,
+        "ema_schedule": "cosine",
+        "proj_hidden_dim": 4096,
+        "proj_dim": 256,
+        "pred_hidden_dim": 4096,
+    }
+    HELP = {
+        "ema_momentum": "target EMA momentum τ at step 0",
+        "ema_schedule": "cosine (τ → 1 over training) or constant",
+        "proj_hidden_dim": "projector hidden width",
+        "proj_dim": "projection (and prediction) dimension",
+        "pred_hidden_dim": "predictor hidden width",
+    }
+
+    def __init__(self, cfg: dict):
+        super().__init__(cfg)
+        self.projector = byol_mlp(self.feat_dim, cfg["proj_hidden_dim"], cfg["proj_dim"])
+        self.predictor = byol_mlp(cfg["proj_dim"], cfg["pred_hidden_dim"], cfg["proj_dim"])
+        self.target_backbone = frozen_copy(self.backbone)
+        self.target_projector = frozen_copy(self.projector)
+        self.ema_base = cfg["ema_momentum"]
+        self.ema_schedule = cfg["ema_schedule"]
+        self.momentum = self.ema_base
+
+    @classmethod
+    def make_transform(cls, cfg: dict):
+        return MultiView(byol_views(cfg["image_size"]))
+
+    @classmethod
+    def validate(cls, cfg: dict) -> None:
+        from sslkit.errors import UserError
+
+        if cfg["ema_schedule"] not in ("cosine", "constant"):
+            raise UserError(f"ema_schedule must be cosine or constant (got {cfg['ema_schedule']!r})")
+        if not 0.0 <= cfg["ema_momentum"] <= 1.0:
+            raise UserError(f"ema_momentum must be in [0, 1] (got {cfg['ema_momentum']})")
+
+    def encoders(self) -> dict[str, str]:
+        return {"online": "backbone.", "target": "target_backbone."}
+
+    def forward_train(self, batch) -> dict[str, torch.Tensor]:
+        v1, v2 = batch
+        p1 = self.predictor(self.projector(self.backbone(v1)))
+        p2 = self.predictor(self.projector(self.backbone(v2)))
+        with torch.no_grad():
+            z1 = self.target_projector(self.target_backbone(v1))
+            z2 = self.target_projector(self.target_backbone(v2))
+        loss = byol_loss(p1, z2) + byol_loss(p2, z1)
+        return {"loss": loss}
+
+    def on_after_step(self, step: int, total_steps: int) -> dict[str, float]:
+        self.momentum = ema_momentum(self.ema_schedule, step, total_steps, self.ema_base)
+        ema_update(self.target_backbone, self.backbone, self.momentum)
+        ema_update(self.target_projector, self.projector, self.momentum)
+        return {"momentum": self.momentum}
+
+    def ema_state(self) -> dict:
+        return {"momentum": self.momentum, "base_momentum": self.ema_base, "schedule": self.ema_schedule,
+                "pairs": {"target_backbone.": "backbone.", "target_projector.": "projector."}}

@@ -1,0 +1,142 @@
+"""MoCo v2 (Chen, Fan, Girshick, He 2020, "Improved Baselines with Momentum Contrastive Learning";
+He et al. CVPR 2020 for MoCo).
+
+Query encoder: backbone → MLP projector (2048 → 2048 → 128, no BN). Key encoder: momentum copy,
+m = 0.999 fixed. InfoNCE with temperature 0.2 against the positive key and a FIFO queue of
+K = 65536 keys from previous batches (all ranks' keys are enqueued). Shuffle-BN across ranks for
+the key encoder (one rank: plain BN on the key batch). Loss in one direction, as in the paper.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from sslkit.engine import dist
+from sslkit.engine.ema import ema_update, frozen_copy
+from sslkit.engine.schedules import ema_momentum
+from sslkit.methods.base import Method
+from sslkit.models.heads import mocov2_projector
+from sslkit.transforms import MultiView, mocov2_views
+
+
+def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """MoCo's InfoNCE: cross-entropy of ``[q·k, q·queue]/T`` with the positive at index 0.
+
+    ``q``, ``k``: (N, D) L2-normalised; ``queue``: (K, D) L2-normalised negatives. Returns
+    ``(loss, top-1 accuracy of the positive)``.
+    """
+    q, k, queue = q.float(), k.detach().float(), queue.detach().float()
+    l_pos = (q * k).sum(dim=1, keepdim=True)
+    l_neg = q @ queue.T
+    logits = torch.cat([l_pos, l_neg], dim=1) / temperature
+    labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    loss = F.cross_entropy(logits, labels)
+    acc = (logits.argmax(dim=1) == 0).float().mean()
+    return loss, acc
+
+
+class MoCoV2(Method):
+    name = "mocov2"
+    default_encoder = "query"
+    DEFAULTS = {
+        # MoCo v2 paper §3 + main_moco.py (--mlp --aug-plus --cos): SGD m=0.9, wd 1e-4 on all params,
+        # lr 0.03 for batch 256, cosine, no warm-up, 200 epochs; shuffle-BN instead of SyncBN
+        "arch": "resnet50",
+        "image_size": 224,
+        "batch_size": 256,
+        "epochs": 200,
+        "optimizer": "sgd",
+        "lr": 0.03,
+        "lr_scaling": "linear",
+        "weight_decay": 1e-4,
+        "optim_momentum": 0.9,
+        "warmup_epochs": 0.0,
+        "sync_bn": False,
+        "ema_momentum": 0.999,
+        "ema_schedule": "constant",
+        "queue_size": 65536,
+        "temperature": 0.2,
+        "proj_hidden_dim": 2048,
+        "proj_dim": 128,
+        "shuffle_bn": True,
+    }
+    HELP = {
+        "ema_momentum": "key-encoder momentum m",
+        "ema_schedule": "constant (MoCo) or cosine (m → 1 over training)",
+        "queue_size": "number of negative keys K in the queue",
+        "temperature": "InfoNCE temperature T",
+        "proj_hidden_dim": "projector hidden width",
+        "proj_dim": "embedding dimension",
+        "shuffle_bn": "shuffle the key batch across ranks before the key encoder (MoCo's shuffle-BN)",
+    }
+
+    def __init__(self, cfg: dict):
+        super().__init__(cfg)
+        self.projector = mocov2_projector(self.feat_dim, cfg["proj_hidden_dim"], cfg["proj_dim"])
+        self.key_backbone = frozen_copy(self.backbone)
+        self.key_projector = frozen_copy(self.projector)
+        self.temperature = cfg["temperature"]
+        self.shuffle_bn = cfg["shuffle_bn"]
+        self.ema_base = cfg["ema_momentum"]
+        self.ema_schedule = cfg["ema_schedule"]
+        self.momentum = self.ema_base
+        self.register_buffer("queue", F.normalize(torch.randn(cfg["queue_size"], cfg["proj_dim"]), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    @classmethod
+    def make_transform(cls, cfg: dict):
+        return MultiView(mocov2_views(cfg["image_size"]))
+
+    @classmethod
+    def validate(cls, cfg: dict) -> None:
+        from sslkit.errors import UserError
+
+        if cfg["queue_size"] < cfg["batch_size"]:
+            raise UserError(f"queue_size {cfg['queue_size']} is smaller than the global batch {cfg['batch_size']}",
+                            None, "raise --queue-size")
+        if cfg["temperature"] <= 0:
+            raise UserError("temperature must be > 0")
+        if cfg["ema_schedule"] not in ("cosine", "constant"):
+            raise UserError(f"ema_schedule must be cosine or constant (got {cfg['ema_schedule']!r})")
+        if not 0.0 <= cfg["ema_momentum"] <= 1.0:
+            raise UserError(f"ema_momentum must be in [0, 1] (got {cfg['ema_momentum']})")
+
+    def encoders(self) -> dict[str, str]:
+        return {"query": "backbone.", "key": "key_backbone."}
+
+    @torch.no_grad()
+    def _keys(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shuffle_bn:
+            x, unshuffle = dist.batch_shuffle(x)
+        k = F.normalize(self.key_projector(self.key_backbone(x)).float(), dim=1)
+        return dist.batch_unshuffle(k, unshuffle) if self.shuffle_bn else k
+
+    @torch.no_grad()
+    def _enqueue(self, keys: torch.Tensor) -> None:
+        """Write ``keys`` (all ranks' keys of this step) at the pointer, wrapping around the end."""
+        n, size = keys.shape[0], self.queue.shape[0]
+        idx = (self.queue_ptr + torch.arange(n, device=keys.device)) % size
+        self.queue[idx] = keys.to(self.queue.dtype)
+        self.queue_ptr.copy_((self.queue_ptr + n) % size)
+
+    def forward_train(self, batch) -> dict[str, torch.Tensor]:
+        x_q, x_k = batch
+        q = F.normalize(self.projector(self.backbone(x_q)).float(), dim=1)
+        k = self._keys(x_k)
+        loss, acc = info_nce(q, k, self.queue.clone(), self.temperature)
+        self._enqueue(dist.all_gather(k))
+        return {"loss": loss, "acc": acc}
+
+    def on_after_step(self, step: int, total_steps: int) -> dict[str, float]:
+        # MoCo updates the key encoder at the start of the next forward; after the step is the same
+        # sequence (the step-0 update is a no-op there because key == query at init)
+        self.momentum = ema_momentum(self.ema_schedule, step, total_steps, self.ema_base)
+        ema_update(self.key_backbone, self.backbone, self.momentum)
+        ema_update(self.key_projector, self.projector, self.momentum)
+        return {"momentum": self.momentum}
+
+    def ema_state(self) -> dict:
+        return {"momentum": self.momentum, "base_momentum": self.ema_base, "schedule": self.ema_schedule,
+                "pairs": {"key_backbone.": "backbone.", "key_projector.": "projector."}}
