@@ -1,0 +1,120 @@
+"""``sslkit show``: draw what an artefact holds for one image, or a contact sheet of several."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+HELP = """Draw an artefact's content over its images and save a PNG, to look at what a stage made.
+
+\b
+sslkit.proposals files: boxes_filtered (default), the first --top raw boxes
+(--field boxes), or a coloured label map (--field fh_s1000_c1000, grid_n5, ...).
+
+\b
+Detection results (sslkit detect --save-predictions, detectron2's
+coco_instances_results.json): masks, boxes and scores >= 0.5 (--top K: the K
+best), or the ground truth with --field gt; --images VAL.json names the images.
+
+\b
+Reads the artefact and its images (found through the source recorded in the
+artefact; --images FOLDER|COCO.json if they moved). Writes -o PNG: one image at
+its original size, or with --grid K a contact sheet of K images spread evenly
+over the file.
+
+\b
+Examples:
+  sslkit show props.h5 --image 139 -o p.png
+  sslkit show props.h5 --image 000000000139.jpg --field boxes --top 30 -o raw.png
+  sslkit show masks.h5 --grid 16 -o sheet.png
+  sslkit show runs/det/predictions.json --image 139 -o det.png
+"""
+
+
+def find_row(art, key: str, root: Path) -> int:
+    """Row of ``key``: an image id, a file name as stored, or a path to the image file."""
+    from sslkit.errors import UserError
+
+    try:
+        return art.index_of(key)
+    except UserError:
+        pass
+    p = Path(key)
+    if p.exists():
+        try:
+            return art.index_of(p.resolve().relative_to(root.resolve()).as_posix())
+        except (ValueError, UserError):
+            pass
+    same = [i for i, n in enumerate(art.file_name) if Path(n).name == p.name]
+    if len(same) > 1:
+        raise UserError(f"{len(same)} images are named {p.name!r}", art.path, "pass the file name as stored or an image id")
+    if not same:
+        raise UserError(f"no image {key!r} in this artefact", art.path,
+                        "pass an image id, a file name listed by 'sslkit info', or the image's path")
+    return same[0]
+
+
+def load_image(art, row: int, root: Path):
+    from sslkit.errors import UserError
+    from sslkit.io.images import ImageDecodeError, load_rgb
+
+    path = root / art.file_name[row]
+    if not path.exists():
+        raise UserError("image not found", path, "pass --images FOLDER (or the COCO json) where the images are now")
+    try:
+        rgb, _ = load_rgb(path)
+    except ImageDecodeError as e:
+        raise UserError(f"cannot decode: {e.reason}", path) from e
+    want = (int(art.height[row]), int(art.width[row]))
+    if rgb.shape[:2] != want:
+        raise UserError(f"image is {rgb.shape[0]}x{rgb.shape[1]} but the artefact was made on {want[0]}x{want[1]}",
+                        path, "is --images pointing at other images?")
+    return rgb
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("show", help=HELP, no_args_is_help=True)
+    def show_cmd(
+        file: Path = typer.Argument(..., help="An sslkit .h5 artefact, or detection results (.json)."),
+        output: Path = typer.Option(..., "-o", "--output", help="PNG to write."),
+        image: str = typer.Option(None, "--image", help="Image id, stored file name, or image path. (default: first)"),
+        grid: int = typer.Option(0, "--grid", help="Contact sheet of K images instead of one."),
+        field: str = typer.Option(None, "--field", help="What to draw (a field of the file). (default: per kind)"),
+        top: int = typer.Option(0, "--top", help="Draw at most this many boxes (0: all filtered / first 50 raw)."),
+        alpha: float = typer.Option(0.5, "--alpha", help="Opacity of label-map colours."),
+        tile: int = typer.Option(256, "--tile", help="Contact-sheet cell size (px)."),
+        images: Path = typer.Option(None, "--images", help="Where the images are, if not where the artefact says."),
+        image_root: Path = typer.Option(None, "--image-root", help="Image folder for a COCO json given to --images."),
+    ):
+        import numpy as np
+
+        from sslkit.cli.common import info
+        from sslkit.errors import UserError
+        from sslkit.viz import ShowOptions, open_artefact, renderer_for
+        from sslkit.viz import image_root as find_root
+        from sslkit.viz.draw import contact_sheet, save_png
+
+        if grid < 0 or top < 0 or tile < 16 or not 0 <= alpha <= 1:
+            raise UserError("need --grid >= 0, --top >= 0, --tile >= 16 and 0 <= --alpha <= 1")
+        if grid and image is not None:
+            raise UserError("pass either --image or --grid")
+        if output.suffix.lower() != ".png":
+            raise UserError("the output must be a .png file", output)
+        with open_artefact(file, images, image_root) as art:
+            render = renderer_for(art.format, file)
+            if len(art) == 0:
+                raise UserError("has no images to show", file)
+            root = find_root(art.params, images, image_root)
+            opts = ShowOptions(field=field, top=top, alpha=alpha)
+            if grid:
+                rows = np.unique(np.linspace(0, len(art) - 1, min(grid, len(art))).round().astype(int))
+                shots = [render(art, int(r), load_image(art, int(r), root), opts) for r in rows]
+                picture = contact_sheet([s.image for s in shots], [s.caption for s in shots], tile)
+                what = f"{len(shots)} images"
+            else:
+                row = find_row(art, image, root) if image is not None else 0
+                shot = render(art, row, load_image(art, row, root), opts)
+                picture, what = shot.image, shot.caption
+        save_png(output, picture)
+        info(f"wrote {output} ({picture.shape[1]}x{picture.shape[0]}): {what}")
