@@ -149,8 +149,8 @@ def run_pretrain(images: Path | None, out: Path | None, flags: dict, config_file
         cfg["workers"] = C.default_workers(ext.local_world_size if ext else nproc)
     if cfg["images"] is None and not print_config:
         raise UserError("no IMAGES given (a folder or a COCO json)")
-    for key in ("images", "image_root"):
-        if cfg[key] is not None:
+    for key in ("images", "image_root", "masks", "views"):
+        if cfg.get(key):
             p = Path(cfg[key]).expanduser()
             if not p.exists():
                 raise UserError("no such file or folder", p)
@@ -185,6 +185,9 @@ def register(app: typer.Typer) -> None:
         config: Path | None = typer.Option(None, "--config", "-c", help="YAML/TOML file of settings."),
         set_: list[str] = typer.Option([], "--set", help="KEY=VALUE for any setting (repeatable)."),
         image_root: Path | None = typer.Option(None, help="Image folder of a COCO json."),
+        masks: Path | None = typer.Option(None, help="DetCon: label maps from `sslkit propose --algo "
+                                          "felzenszwalb|grid|coco-gt`."),
+        views: Path | None = typer.Option(None, help="ORL / UniVIP: the views artefact from `sslkit sample-views`."),
         arch: str | None = typer.Option(None, help="Backbone: resnet18/50/101/…, resnext*, wide_resnet*."),
         image_size: int | None = typer.Option(None, help="View size in px."),
         batch_size: int | None = typer.Option(None, help="GLOBAL batch size (split across ranks)."),
@@ -224,7 +227,8 @@ def register(app: typer.Typer) -> None:
         if list_methods:
             _list_methods()
             return
-        values = dict(method=method, image_root=str(image_root) if image_root else None, arch=arch,
+        values = dict(method=method, image_root=str(image_root) if image_root else None,
+                      masks=str(masks) if masks else None, views=str(views) if views else None, arch=arch,
                       image_size=image_size, batch_size=batch_size, epochs=epochs, optimizer=optimizer, lr=lr,
                       lr_scaling=lr_scaling, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
                       temperature=temperature, queue_size=queue_size, ema_momentum=ema_momentum, seed=seed,

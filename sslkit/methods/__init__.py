@@ -6,10 +6,11 @@ a doc page and tests.
 
 from sslkit.methods.base import Method
 from sslkit.methods.byol import BYOL
+from sslkit.methods.detcon import DetConB, DetConS
 from sslkit.methods.mocov2 import MoCoV2
 from sslkit.methods.simclr import SimCLR
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (BYOL, MoCoV2, SimCLR)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (BYOL, MoCoV2, SimCLR, DetConS, DetConB)}
 
 
 def get_method(name: str) -> type[Method]:
