@@ -252,3 +252,30 @@ def test_bad_mask_inputs_are_one_line_errors(scenes, tmp_path, capsys):
     assert sslkit("pretrain", scenes / "demo" / "val.json", "-m", "detcon-s", "--masks", scenes / "fh.h5",
                   "-o", tmp_path / "r2", *TRAIN) == 2
     assert "has no masks for" in capsys.readouterr().err
+
+
+def test_coco_gt_masks_and_views_picture(scenes, tmp_path):
+    """`propose --algo coco-gt` writes the instance masks (the GT ablation); `show --views` draws both views."""
+    from sslkit.io.artefacts import Artefact
+    from sslkit.io.coco import annotations_by_image, load_coco
+
+    gt = tmp_path / "gt.h5"
+    train = scenes / "demo" / "train.json"
+    assert sslkit("propose", train, "--algo", "coco-gt", "-o", gt, "-q", "--workers", 1) == 0
+    coco = load_coco(train)
+    by_image = annotations_by_image(coco)
+    with Artefact(gt) as a:
+        assert a.map_names == ["gt_instances"]
+        for row in range(len(a)):
+            lab = a.label_map("gt_instances", row)
+            n = len([x for x in by_image[int(a.image_id[row])] if not x.get("iscrowd")])
+            assert lab.shape == (a.height[row], a.width[row]) and lab.max() <= n
+            assert set(np.unique(lab).tolist()) - {0} <= set(range(1, n + 1))
+    png = tmp_path / "views.png"
+    assert sslkit("show", gt, "--views", "detcon-b", "--size", 64, "-o", png) == 0
+    from PIL import Image
+
+    w, h = Image.open(png).size
+    assert h == 256 and w == 2 * 256 + 6  # two 64-px views drawn at 256 px, side by side
+    assert sslkit("show", gt, "--views", "byol", "-o", tmp_path / "x.png") == 2
+    assert sslkit("propose", scenes / "demo" / "images", "--algo", "coco-gt", "-o", tmp_path / "y.h5", "-q") == 2

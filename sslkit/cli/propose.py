@@ -16,6 +16,8 @@ to an HDF5 artefact (format sslkit.proposals; see docs/proposals.md).
   Boxes are xyxy float32 in ORIGINAL image pixels (upright), whatever --max-side is.
 --algo felzenszwalb      DetCon's FH segments, one uint16 label map per scale (fh_s<S>_c<C>)
 --algo grid              DetCon's n x n spatial grid (grid_n<N>)
+--algo coco-gt           ground-truth instance masks of a COCO json as one label map
+                         (gt_instances: 0 background, k = k-th annotation; DetCon §4.4)
 
 \b
 Reads IMAGES (a folder, or a COCO json with --image-root); writes -o FILE.
@@ -49,8 +51,11 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
     return values
 
 
-def build_algo(algo: str, given: dict):
-    """The algorithm config from the options the user set (None = not given)."""
+def build_algo(algo: str, given: dict, coco_path: Path | None = None):
+    """The algorithm config from the options the user set (None = not given).
+
+    ``coco_path`` is the COCO json the images come from (``--algo coco-gt`` reads its masks).
+    """
     from sslkit.errors import UserError
     from sslkit.proposals import algorithms as A
 
@@ -58,7 +63,7 @@ def build_algo(algo: str, given: dict):
         return _FLAG.get(k, "--" + k.replace("_", "-"))
 
     allowed = {"selective-search": _SS_ONLY + ("max_side",), "felzenszwalb": _FH_ONLY + ("max_side",),
-               "grid": ("grid_n",)}[algo]
+               "grid": ("grid_n",), "coco-gt": ()}[algo]
     for k, v in given.items():
         if v is not None and k not in allowed:
             raise UserError(f"{flag(k)} does not apply to --algo {algo}")
@@ -83,6 +88,11 @@ def build_algo(algo: str, given: dict):
         if g.get("sigma", 0.8) <= 0:
             raise UserError("--sigma must be > 0")
         return A.Felzenszwalb(scales, min_sizes, **{k: g[k] for k in ("sigma", "max_side") if k in g})
+    if algo == "coco-gt":
+        if coco_path is None:
+            raise UserError("--algo coco-gt reads the masks of a COCO json", None,
+                            "pass a COCO instances json as IMAGES")
+        return A.CocoGT(str(Path(coco_path).resolve()))
     n = g.get("grid_n", A.GRID_DEFAULT_N)
     if not 1 <= n <= 255:
         raise UserError(f"--grid-n must be 1..255, got {n}")
@@ -97,7 +107,7 @@ def register(app: typer.Typer) -> None:
         output: Path = typer.Option(..., "-o", "--output", help="Artefact to write (.h5)."),
         image_root: Path = typer.Option(None, "--image-root", help="Image folder of a COCO json (default: guessed)."),
         algo: str = typer.Option("selective-search", "--algo",
-                                 help="selective-search | felzenszwalb | grid."),
+                                 help="selective-search | felzenszwalb | grid | coco-gt."),
         mode: str = typer.Option(None, "--mode", help="Selective search: fast (ORL) | quality. (default: fast)"),
         max_side: int = typer.Option(
             None, "--max-side",
@@ -146,14 +156,16 @@ def register(app: typer.Typer) -> None:
             if len(inputs) != 1:
                 raise UserError(f"expected one IMAGES folder or json, got {len(inputs)} paths",
                                 None, "to join shard files pass --merge")
-            if algo not in ("selective-search", "felzenszwalb", "grid"):
-                raise UserError(f"--algo {algo!r} is not one of selective-search, felzenszwalb, grid")
+            from sslkit.proposals.algorithms import ALGOS
+
+            if algo not in ALGOS:
+                raise UserError(f"--algo {algo!r} is not one of {', '.join(ALGOS)}")
             if mode is not None and mode not in ("fast", "quality"):
                 raise UserError(f"--mode {mode!r} is not fast or quality")
             if workers is not None and workers < 1:
                 raise UserError("--workers must be at least 1")
-            a = build_algo(algo, algo_opts)
             source = ImageSource.from_arg(inputs[0], image_root)
+            a = build_algo(algo, algo_opts, source.coco_path)
             summary = driver.run_propose(
                 source, a, output, shard=driver.parse_shard(shard) if shard else None,
                 workers=workers or driver.default_workers(), chunk_size=chunk_size, overwrite=overwrite, quiet=quiet)

@@ -28,6 +28,7 @@ Examples:
   sslkit show props.h5 --image 139 -o p.png
   sslkit show props.h5 --image 000000000139.jpg --field boxes --top 30 -o raw.png
   sslkit show masks.h5 --grid 16 -o sheet.png
+  sslkit show masks.h5 --image 139 --views detcon-b -o views.png
   sslkit show runs/det/predictions.json --image 139 -o det.png
 """
 
@@ -86,6 +87,10 @@ def register(app: typer.Typer) -> None:
         tile: int = typer.Option(256, "--tile", help="Contact-sheet cell size (px)."),
         images: Path = typer.Option(None, "--images", help="Where the images are, if not where the artefact says."),
         image_root: Path = typer.Option(None, "--image-root", help="Image folder for a COCO json given to --images."),
+        views: str = typer.Option(None, "--views",
+                                  help="Draw a method's two augmented training views instead (detcon-s, detcon-b)."),
+        size: int = typer.Option(0, "--size", help="View size for --views (px; default: the method's)."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the views drawn with --views."),
     ):
         import numpy as np
 
@@ -102,11 +107,11 @@ def register(app: typer.Typer) -> None:
         if output.suffix.lower() != ".png":
             raise UserError("the output must be a .png file", output)
         with open_artefact(file, images, image_root) as art:
-            render = renderer_for(art.format, file)
+            render = renderer_for(art.format, file, views)
             if len(art) == 0:
                 raise UserError("has no images to show", file)
             root = find_root(art.params, images, image_root)
-            opts = ShowOptions(field=field, top=top, alpha=alpha)
+            opts = ShowOptions(field=field, top=top, alpha=alpha, views=views, size=size, seed=seed)
             if grid:
                 rows = np.unique(np.linspace(0, len(art) - 1, min(grid, len(art))).round().astype(int))
                 shots = [render(art, int(r), load_image(art, int(r), root), opts) for r in rows]

@@ -27,7 +27,7 @@ from sslkit.proposals.masks import (
 )
 from sslkit.proposals.selective_search import selective_search, to_original_pixels
 
-ALGOS = ("selective-search", "felzenszwalb", "grid")
+ALGOS = ("selective-search", "felzenszwalb", "grid", "coco-gt")
 
 #: longest side selective search runs at; boxes are mapped back to original pixels.
 #: Chosen by measurement (docs/proposals.md, "Choosing --max-side"): recall of GT boxes at
@@ -73,7 +73,7 @@ class SelectiveSearch:
                 "seed": self.seed, "filter": asdict(self.filter), "box_format": "xyxy",
                 "box_frame": "original image pixels (upright, EXIF applied)"}
 
-    def compute(self, rgb: np.ndarray, orig_hw: tuple[int, int]) -> tuple[dict, dict]:
+    def compute(self, rgb: np.ndarray, orig_hw: tuple[int, int], image_id: int) -> tuple[dict, dict]:
         boxes = to_original_pixels(selective_search(rgb, self.mode, self.seed), rgb.shape[:2], orig_hw)
         filtered = boxes[self.filter.apply(boxes)]
         if self.max_boxes:
@@ -110,7 +110,7 @@ class Felzenszwalb:
                 "min_size_scaling": "area of the stored map / area of the original image",
                 "mask_fields": list(self.map_names)}
 
-    def compute(self, rgb: np.ndarray, orig_hw: tuple[int, int]) -> tuple[dict, dict]:
+    def compute(self, rgb: np.ndarray, orig_hw: tuple[int, int], image_id: int) -> tuple[dict, dict]:
         maps = {}
         for name, s, c in zip(self.map_names, self.scales, self.min_sizes, strict=True):
             maps[name] = felzenszwalb(rgb, s, scaled_min_size(c, rgb.shape[:2], orig_hw), self.sigma)
@@ -135,11 +135,60 @@ class Grid:
         return {"algo": self.name, "grid_n": self.n, "cell_id": "floor(y*n/H)*n + floor(x*n/W)",
                 "mask_fields": list(self.map_names)}
 
-    def compute(self, rgb: np.ndarray, orig_hw: tuple[int, int]) -> tuple[dict, dict]:
+    def compute(self, rgb: np.ndarray, orig_hw: tuple[int, int], image_id: int) -> tuple[dict, dict]:
         return {}, {self.map_names[0]: grid_labels(self.n)}
 
 
-Algorithm = SelectiveSearch | Felzenszwalb | Grid
+#: per-process cache of COCO annotations by json path (workers load the json once)
+_COCO_CACHE: dict[str, tuple[dict[int, list], dict[int, tuple[int, int]]]] = {}
+
+
+def _coco_annotations(path: str) -> tuple[dict[int, list], dict[int, tuple[int, int]]]:
+    if path not in _COCO_CACHE:
+        from sslkit.io.coco import annotations_by_image, load_coco
+
+        coco = load_coco(path)
+        sizes = {im["id"]: (int(im.get("height", 0) or 0), int(im.get("width", 0) or 0)) for im in coco["images"]}
+        _COCO_CACHE[path] = (annotations_by_image(coco), sizes)
+    return _COCO_CACHE[path]
+
+
+@dataclass(frozen=True)
+class CocoGT:
+    """Ground-truth instance masks of a COCO json as one label map (DetCon §4.4, "what if
+    segmentation were solved"; spec detcon.md §2.1): 0 = background, k = the k-th annotation of
+    the image in json order (later annotations drawn over earlier ones); crowd regions skipped
+    unless ``include_crowd``."""
+
+    coco: str
+    include_crowd: bool = False
+    name = "coco-gt"
+    #: the masks come from the json; the image is decoded (small) only so unreadable files are skipped
+    decode_side = 64
+    map_names = ("gt_instances",)
+
+    def fields(self) -> tuple[dict, tuple[str, ...]]:
+        return {}, self.map_names
+
+    def params(self) -> dict:
+        return {"algo": self.name, "coco": self.coco, "include_crowd": self.include_crowd,
+                "labels": "0 background; k = k-th annotation of the image (json order)",
+                "mask_fields": list(self.map_names)}
+
+    def compute(self, rgb: np.ndarray, orig_hw: tuple[int, int], image_id: int) -> tuple[dict, dict]:
+        from sslkit.io.coco import instance_label_map
+        from sslkit.proposals.masks import resize_labels
+
+        anns_by_image, sizes = _coco_annotations(self.coco)
+        anns = [a for a in anns_by_image.get(image_id, []) if self.include_crowd or not a.get("iscrowd", 0)]
+        h, w = sizes.get(image_id) or orig_hw
+        labels = instance_label_map(anns, h or orig_hw[0], w or orig_hw[1])
+        if labels.shape != tuple(orig_hw):
+            labels = resize_labels(labels, orig_hw)
+        return {}, {self.map_names[0]: labels}
+
+
+Algorithm = SelectiveSearch | Felzenszwalb | Grid | CocoGT
 
 
 def process_image(algo: Algorithm, task: tuple[int, str, str]) -> Record | tuple[str, str]:
@@ -151,5 +200,5 @@ def process_image(algo: Algorithm, task: tuple[int, str, str]) -> Record | tuple
         rgb, (h, w) = load_rgb(path, max_side=algo.decode_side)
     except ImageDecodeError as e:
         return file_name, e.reason
-    ragged, maps = algo.compute(rgb, (h, w))
+    ragged, maps = algo.compute(rgb, (h, w), image_id)
     return Record(image_id, file_name, h, w, ragged, maps)

@@ -37,6 +37,17 @@ def feature_grid(size: int, stride_log2: int = 5) -> int:
     return size
 
 
+def stacked_labels(artefact, row: int, fields: Sequence[str], height: int, width: int) -> np.ndarray:
+    """(S, height, width) int64: label-map ``fields`` of ``row`` resized (nearest) to the image, ids of
+    field ``s`` offset by ``s·FIELD_OFFSET``."""
+    from sslkit.proposals.masks import resize_labels
+
+    out = np.empty((len(fields), height, width), np.int64)
+    for s, field in enumerate(fields):
+        out[s] = resize_labels(artefact.label_map(field, row), (height, width)).astype(np.int64) + s * FIELD_OFFSET
+    return out
+
+
 class MaskStore:
     """Label maps of an ``sslkit.proposals`` artefact, looked up by image file name.
 
@@ -82,17 +93,7 @@ class MaskStore:
 
     def labels(self, file_name: str, height: int, width: int) -> np.ndarray:
         """(S, height, width) int64 label maps at the image's size, field ids offset by s·65536."""
-        import cv2
-
-        a = self._open()
-        i = self.row[file_name]
-        out = np.empty((len(self.fields), height, width), np.int64)
-        for s, field in enumerate(self.fields):
-            lm = a.label_map(field, i)
-            if lm.shape != (height, width):
-                lm = cv2.resize(lm, (width, height), interpolation=cv2.INTER_NEAREST)
-            out[s] = lm.astype(np.int64) + s * FIELD_OFFSET
-        return out
+        return stacked_labels(self._open(), self.row[file_name], self.fields, height, width)
 
     def __getstate__(self):
         d = dict(self.__dict__)

@@ -58,6 +58,9 @@ class ShowOptions:
     field: str | None = None  # which field of the artefact; None: the renderer's default
     top: int = 0  # at most this many items (e.g. boxes); 0: the renderer's default
     alpha: float = 0.5  # opacity of filled overlays such as label maps
+    views: str | None = None  # draw a method's augmented training views instead (see VIEW_RENDERERS)
+    size: int = 0  # view size for `views` (0: the method's default)
+    seed: int = 0  # seed of the sampled views
 
 
 @dataclass
@@ -69,8 +72,21 @@ class Rendering:
 Renderer = Callable[..., Rendering]
 
 
-def renderer_for(fmt: str, path: str | Path | None = None) -> Renderer:
-    """The renderer registered for artefact kind ``fmt``; one clear line if there is none."""
+#: ``--views METHOD``: renderers that sample a method's training views from an artefact
+VIEW_RENDERERS: dict[str, str] = {
+    "detcon-s": "sslkit.viz.detcon:render",
+    "detcon-b": "sslkit.viz.detcon:render",
+}
+
+
+def renderer_for(fmt: str, path: str | Path | None = None, views: str | None = None) -> Renderer:
+    """The renderer registered for artefact kind ``fmt`` (or for ``--views``); one clear line if there is none."""
+    if views is not None:
+        target = VIEW_RENDERERS.get(views)
+        if target is None:
+            raise UserError(f"--views {views!r} is not one of {', '.join(VIEW_RENDERERS)}", path)
+        module, func = target.split(":")
+        return getattr(importlib.import_module(module), func)
     target = RENDERERS.get(fmt)
     if target is None:
         raise UserError(f"sslkit show cannot draw {fmt} files yet", path,
