@@ -36,16 +36,28 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check sslkit tests benchmarks
 
-# The longest chain that works today, on the demo scenes (about 200 real-photo composites).
+# The longest chain that works today, on the demo scenes (about 200 real-photo composites):
+# regions -> pretraining (BYOL and DetCon-B, small CPU settings) -> export -> linear probe.
+DEMO_TRAIN := --arch resnet18 --image-size 96 --batch-size 32 --epochs 2 --warmup-epochs 0 -q
 demo: setup
 	$(SSLKIT) demo-data $(DEMO)
 	@mkdir -p $(RUNS)
-	$(SSLKIT) propose $(DEMO)/train.json --algo selective-search -o $(RUNS)/props_ss.h5
-	$(SSLKIT) propose $(DEMO)/train.json --algo felzenszwalb -o $(RUNS)/masks_fh.h5
+	$(SSLKIT) propose $(DEMO)/train.json --algo selective-search -o $(RUNS)/props_ss.h5 -q
+	$(SSLKIT) propose $(DEMO)/train.json --algo felzenszwalb -o $(RUNS)/masks_fh.h5 -q
 	$(SSLKIT) info $(RUNS)/props_ss.h5
-	$(SSLKIT) show $(RUNS)/props_ss.h5 --grid 8 -o $(RUNS)/props_ss.png
-	$(SSLKIT) show $(RUNS)/masks_fh.h5 --grid 8 -o $(RUNS)/masks_fh.png
-	@echo "demo done: look at $(RUNS)/*.png"
+	$(SSLKIT) show $(RUNS)/props_ss.h5 --grid 9 -o $(RUNS)/props_ss.png
+	$(SSLKIT) show $(RUNS)/masks_fh.h5 --grid 9 -o $(RUNS)/masks_fh.png
+	$(SSLKIT) show $(RUNS)/masks_fh.h5 --views detcon-b -o $(RUNS)/detcon_views.png
+	$(SSLKIT) pretrain $(DEMO)/train.json -m byol -o $(RUNS)/byol $(DEMO_TRAIN)
+	$(SSLKIT) pretrain $(DEMO)/train.json -m detcon-b --masks $(RUNS)/masks_fh.h5 -o $(RUNS)/detcon_b $(DEMO_TRAIN)
+	$(SSLKIT) plot $(RUNS)/byol $(RUNS)/detcon_b -o $(RUNS)/curves.png
+	$(SSLKIT) export $(RUNS)/detcon_b/last.pth -o $(RUNS)/detcon_b.pth
+	$(SSLKIT) export $(RUNS)/detcon_b.pth -o $(RUNS)/detcon_b.pkl
+	$(SSLKIT) linprobe $(RUNS)/detcon_b.pth --train $(DEMO)/train.json --val $(DEMO)/val.json --task objects \
+	  --protocol knn --image-size 96 -o $(RUNS)/linprobe_detcon_b.json
+	$(SSLKIT) linprobe random --arch resnet18 --train $(DEMO)/train.json --val $(DEMO)/val.json --task objects \
+	  --protocol knn --image-size 96 -o $(RUNS)/linprobe_random.json
+	@echo "demo done: pictures in $(RUNS)/*.png, metrics in $(RUNS)/*.json"
 
 clean:
 	rm -rf $(RUNS) $(DEMO)
