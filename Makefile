@@ -38,7 +38,7 @@ lint: setup
 
 # The longest chain that works today, on the demo scenes (about 200 real-photo composites):
 # regions -> pretraining (BYOL and DetCon-B, small CPU settings) -> export -> linear probe.
-DEMO_TRAIN := --arch resnet18 --image-size 96 --batch-size 32 --epochs 2 --warmup-epochs 0 -q
+DEMO_TRAIN := --arch resnet18 --image-size 96 --batch-size 32 --epochs 3 --warmup-epochs 0 --log-every 1 -q
 demo: setup
 	$(SSLKIT) demo-data $(DEMO)
 	@mkdir -p $(RUNS)
