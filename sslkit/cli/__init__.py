@@ -18,7 +18,7 @@ from sslkit import __version__
 from sslkit.errors import UserError
 
 #: subcommand modules under sslkit.cli, in the order ``--help`` lists them
-COMMAND_MODULES = ["demo_data", "info", "propose", "show", "pretrain", "plot", "export", "linprobe", "detect", "semisup"]
+COMMAND_MODULES = ["demo_data", "info", "propose", "sample_views", "show", "export", "linprobe", "pretrain", "plot", "detect", "semisup"]
 
 app = typer.Typer(
     name="sslkit",

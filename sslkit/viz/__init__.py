@@ -30,6 +30,7 @@ from sslkit.errors import UserError
 RENDERERS: dict[str, str] = {
     "sslkit.proposals": "sslkit.viz.proposals:render",
     "sslkit.detections": "sslkit.viz.detections:render",
+    "sslkit.views": "sslkit.viz.views:render",
 }
 
 #: files that are not HDF5 artefacts: suffix → ``"module:class"`` of a reader with the artefact
