@@ -30,3 +30,34 @@ def photo_dir(tmp_path_factory) -> Path:
         target = d / "sub" if i == 4 else d
         Image.fromarray(real_photo(name)).save(target / f"{name}.jpg", quality=90)
     return d
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread, and parallel test jobs do not fight for the cores."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def run_cli(*args) -> int:
+    """Run ``sslkit ARGS`` in-process through the real entry point; returns its exit status."""
+    from sslkit.cli import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface (for gloo process groups in tests)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

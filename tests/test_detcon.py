@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import math
+import os
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
+from sslkit.engine import config as C
+from sslkit.engine.optim import build_optimizer
+from sslkit.methods import METHODS
+from sslkit.methods.detcon_ops import detcon_loss
 from sslkit.transforms import IMAGENET_MEAN, IMAGENET_STD, ViewAug
 from sslkit.views.detcon import FIELD_OFFSET, DetConViews, feature_grid
+from tests.conftest import free_port, real_photo
+from tests.conftest import run_cli as sslkit
 
 PALETTE = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255], [255, 0, 255]], np.uint8)
 
@@ -84,36 +94,6 @@ def test_feature_grid_matches_resnet():
 
 # ----------------------------------------------------------------------------- training
 
-import json  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import socket  # noqa: E402
-
-import pytest  # noqa: E402
-
-from sslkit.cli import main  # noqa: E402
-from sslkit.engine import config as C  # noqa: E402
-from sslkit.engine.optim import build_optimizer  # noqa: E402
-from sslkit.methods import METHODS  # noqa: E402
-from sslkit.methods.detcon_ops import detcon_loss  # noqa: E402
-from tests.conftest import real_photo  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def sslkit(*args) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
-
 
 def _cfg(method: str, **over) -> dict:
     cls = METHODS[method]
@@ -156,11 +136,6 @@ def test_loss_decreases_on_a_fixed_batch(method):
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _latents():
     g = torch.Generator().manual_seed(3)
@@ -193,7 +168,7 @@ def test_negatives_are_gathered_across_two_ranks(tmp_path):
     """Per-rank losses with all-gathered targets average to the loss of one process over the whole batch."""
     import torch.multiprocessing as mp
 
-    mp.start_processes(_gather_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    mp.start_processes(_gather_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
     r = [torch.load(tmp_path / f"r{i}.pt") for i in range(2)]
     q1, q2, t1, t2, id1, id2 = _latents()
     q1.requires_grad_()

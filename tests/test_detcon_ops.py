@@ -34,7 +34,7 @@ def brute_force_loss(q1, q2, t1, t2, id1, id2, tau):
                     continue
                 m = max(logits)
                 lse = m + math.log(sum(math.exp(x - m) for x in logits))
-                ce = -sum(t / npos * (x - lse) for t, x in zip(targets, logits))
+                ce = -sum(t / npos * (x - lse) for t, x in zip(targets, logits, strict=True))
                 dups = int((ida[b] == ida[b, k]).sum())
                 acc += ce / dups
         total += acc / (B * K)

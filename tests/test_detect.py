@@ -18,19 +18,10 @@ from sslkit.eval.detect.data import load_detection_split
 from sslkit.eval.detect.evaluate import evaluate
 from sslkit.eval.detect.schedule import iters_1x, make_schedule, parse_schedule
 from tests.conftest import real_photo
+from tests.conftest import run_cli as sslkit
 
 TINY = ["--arch", "resnet_tiny", "--min-size", "96", "--max-size", "128", "--batch-size", "2", "--fpn-channels", "16",
         "--workers", "0", "--log-every", "1", "--precise-bn-iters", "1", "--no-tensorboard", "--quiet"]
-
-
-def sslkit(*args) -> int:
-    from sslkit.cli import main
-
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -25,16 +24,7 @@ from sslkit.methods.mocov2 import MoCoV2, info_nce
 from sslkit.methods.simclr import SimCLR, nt_xent
 from sslkit.models.heads import byol_mlp, mocov2_projector, simclr_projector
 from sslkit.transforms import MultiView, ViewAug, build_view, byol_views, separable_gaussian_blur
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight other jobs for the cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+from tests.conftest import free_port
 
 TINY = {"arch": "resnet_tiny", "image_size": 32, "batch_size": 8, "proj_hidden_dim": 64, "pred_hidden_dim": 64,
         "queue_size": 64}
@@ -96,11 +86,6 @@ def test_nt_xent_equals_the_paper_definition():
     assert loss.item() == pytest.approx(_nt_xent_reference(z1, z2, 0.1).item(), rel=1e-5)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _gather_worker(rank, world, port, out_dir):
     import torch.distributed as dist
@@ -132,7 +117,7 @@ def test_gathered_nt_xent_on_2_ranks_equals_one_process(tmp_path):
     gradients) equal those of one process holding the whole batch."""
     import torch.multiprocessing as mp
 
-    mp.start_processes(_gather_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    mp.start_processes(_gather_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
     r = [torch.load(tmp_path / f"r{i}.pt") for i in range(2)]
     g = torch.Generator().manual_seed(0)
     z1 = torch.randn(8, 5, generator=g).requires_grad_()

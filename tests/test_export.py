@@ -23,16 +23,7 @@ from sslkit.models.convert import (
     torchvision_to_detectron2,
     tv_key_to_d2,
 )
-
-
-def sslkit(*args) -> int:
-    from sslkit.cli import main
-
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
+from tests.conftest import run_cli as sslkit
 
 
 def randomised(arch: str, seed: int) -> nn.Module:

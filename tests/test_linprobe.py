@@ -17,18 +17,9 @@ from sslkit.eval.linear import LinearConfig, predict, train_linear
 from sslkit.eval.metrics import mean_ap, topk_accuracy, voc_ap
 from sslkit.eval.svm import svm_scores
 from sslkit.models.backbones import build_backbone
+from tests.conftest import run_cli as sslkit
 
 CPU = torch.device("cpu")
-
-
-def sslkit(*args) -> int:
-    from sslkit.cli import main
-
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 # -- metrics ------------------------------------------------------------------------------------

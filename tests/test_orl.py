@@ -14,24 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from sslkit.cli import main
 from sslkit.views.orl import jitter_box, knn_search, pair_count, pixel_box, top_pairs
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def sslkit(*args) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
+from tests.conftest import run_cli as sslkit
 
 
 def one_line_error(capsys, *args) -> str:
@@ -291,6 +275,9 @@ def test_info_and_show_draw_a_pair_of_images(chain, tmp_path, capsys):
     h = max(p.height[q], p.height[n])
     expect_w = round(p.width[q] * h / p.height[q]) + 8 + round(p.width[n] * h / p.height[n])
     assert im.size == (expect_w, h)
+    assert sslkit("show", chain / "pairs.h5", "--image", p.file_name[q], "--neighbor", 2, "-o",
+                  tmp_path / "same.png") == 0
+    assert (tmp_path / "same.png").read_bytes() == png.read_bytes()  # --neighbor K == --field neighbor=K
     assert sslkit("show", chain / "pairs.h5", "--grid", 4, "-o", tmp_path / "grid.png") == 0
     capsys.readouterr()
     assert sslkit("info", chain / "pairs.h5", "--json") == 0

@@ -10,21 +10,13 @@ import pytest
 import torch
 import yaml
 
-from sslkit.cli import main
 from sslkit.io.checkpoint import load_checkpoint
+from tests.conftest import run_cli as sslkit
 
 #: tiny but real: resnet_tiny at 32 px, small heads, one worker-less process
 TINY = ["--arch", "resnet_tiny", "--image-size", "32", "--batch-size", "4", "--workers", "0", "--quiet",
         "--no-tensorboard", "--warmup-epochs", "0", "--set", "proj_hidden_dim=32"]
 METHOD_ARGS = {"byol": ["--set", "pred_hidden_dim=32"], "mocov2": ["--queue-size", "16"], "simclr": []}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +35,6 @@ def images(tmp_path_factory):
     im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "flip.jpg")
     im.rotate(90, expand=True).save(folder / "rot.jpg")
     return folder
-
-
-def sslkit(*args) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 def run(*args) -> None:

@@ -19,18 +19,9 @@ from sslkit.eval.semisup import (
     subset_from_file,
 )
 from tests.conftest import REAL_PHOTOS, real_photo
+from tests.conftest import run_cli as sslkit
 
 TINY = ["--epochs", 2, "--batch-size", 8, "--image-size", 32, "--resize", 37, "--workers", 0, "--eval-batch-size", 16]
-
-
-def sslkit(*args) -> int:
-    from sslkit.cli import main
-
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 def _imbalanced():

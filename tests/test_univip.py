@@ -11,30 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from sslkit.cli import main
 from sslkit.engine import config as C
 from sslkit.errors import UserError
 from sslkit.methods import METHODS
 from sslkit.methods.univip import instance_loss, normalize_marginal, ot_marginals, sinkhorn_log
 from sslkit.proposals.filters import box_iou, orl_filter
 from sslkit.views.univip import PairSampler, UniVIPViews, crop_resize
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def sslkit(*args) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
-
+from tests.conftest import run_cli as sslkit
 
 # ------------------------------------------------------------------------------------ Sinkhorn
 

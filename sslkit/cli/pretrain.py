@@ -149,7 +149,7 @@ def run_pretrain(images: Path | None, out: Path | None, flags: dict, config_file
         cfg["workers"] = C.default_workers(ext.local_world_size if ext else nproc)
     if cfg["images"] is None and not print_config:
         raise UserError("no IMAGES given (a folder or a COCO json)")
-    for key in ("images", "image_root", "masks", "views"):
+    for key in ("images", "image_root", "masks", "views", "init_from"):
         if cfg.get(key):
             p = Path(cfg[key]).expanduser()
             if not p.exists():

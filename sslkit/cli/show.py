@@ -91,6 +91,7 @@ def register(app: typer.Typer) -> None:
                                   help="Draw a method's two augmented training views instead (detcon-s, detcon-b)."),
         size: int = typer.Option(0, "--size", help="View size for --views (px; default: the method's)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the views drawn with --views."),
+        neighbor: int = typer.Option(None, "--neighbor", help="ORL pairs files: which neighbour to draw (0: nearest)."),
     ):
         import numpy as np
 
@@ -111,7 +112,8 @@ def register(app: typer.Typer) -> None:
             if len(art) == 0:
                 raise UserError("has no images to show", file)
             root = find_root(art.params, images, image_root)
-            opts = ShowOptions(field=field, top=top, alpha=alpha, views=views, size=size, seed=seed)
+            opts = ShowOptions(field=field, top=top, alpha=alpha, views=views, size=size, seed=seed,
+                               neighbor=neighbor, images=root)
             if grid:
                 rows = np.unique(np.linspace(0, len(art) - 1, min(grid, len(art))).round().astype(int))
                 shots = [render(art, int(r), load_image(art, int(r), root), opts) for r in rows]

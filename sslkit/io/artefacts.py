@@ -201,7 +201,7 @@ class ArtefactWriter:
             self._append(g["file_name"], [r.file_name for r in buf])
             self._append(g["height"], np.array([r.height for r in buf], np.int32))
             self._append(g["width"], np.array([r.width for r in buf], np.int32))
-            for name, (dt, trail) in self.ragged_spec.items():
+            for name, (dt, _trail) in self.ragged_spec.items():
                 rg = self._f[name]
                 base = int(rg["offsets"][-1])
                 arrs = [r.ragged[name] for r in buf]
@@ -353,7 +353,7 @@ class Artefact:
             return []
         g = self._f["skipped"]
         dec = lambda s: s.decode() if isinstance(s, bytes) else s  # noqa: E731
-        return [(dec(a), dec(b)) for a, b in zip(g["file_name"][:], g["reason"][:])]
+        return [(dec(a), dec(b)) for a, b in zip(g["file_name"][:], g["reason"][:], strict=True)]
 
     def index_of(self, key: int | str) -> int:
         """Row of an image given its file name or image id (a string of digits is tried as an id)."""
@@ -509,7 +509,7 @@ class ChunkStage:
                     off = np.concatenate([[0], np.cumsum(sizes)])
                     for i in range(n):
                         recs[i].label_maps[name] = data[off[i]:off[i + 1]].reshape(int(hw[i, 0]), int(hw[i, 1]))
-            skipped = list(zip(map(str, z["skipped_file"]), map(str, z["skipped_reason"])))
+            skipped = list(zip(map(str, z["skipped_file"]), map(str, z["skipped_reason"]), strict=True))
         return recs, skipped
 
     def remove(self) -> None:

@@ -28,7 +28,38 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return (2.0 - 2.0 * (p * z).sum(dim=-1)).mean()
 
 
-class BYOL(Method):
+class OnlineTarget:
+    """BYOL's networks around a backbone: online projector + predictor, and a target (backbone +
+    projector) that is an EMA of the online ones, τ annealed from ``ema_momentum`` to 1 per step.
+
+    Shared by BYOL and every method built on BYOL's architecture (DetCon-B, ORL, UniVIP); a mixin
+    placed before :class:`~sslkit.methods.base.Method` in the bases.
+    """
+
+    def build_online_target(self, cfg: dict) -> None:
+        self.projector = byol_mlp(self.feat_dim, cfg["proj_hidden_dim"], cfg["proj_dim"])
+        self.predictor = byol_mlp(cfg["proj_dim"], cfg["pred_hidden_dim"], cfg["proj_dim"])
+        self.target_backbone = frozen_copy(self.backbone)
+        self.target_projector = frozen_copy(self.projector)
+        self.ema_base = cfg["ema_momentum"]
+        self.ema_schedule = cfg["ema_schedule"]
+        self.momentum = self.ema_base
+
+    def encoders(self) -> dict[str, str]:
+        return {"online": "backbone.", "target": "target_backbone."}
+
+    def on_after_step(self, step: int, total_steps: int) -> dict[str, float]:
+        self.momentum = ema_momentum(self.ema_schedule, step, total_steps, self.ema_base)
+        ema_update(self.target_backbone, self.backbone, self.momentum)
+        ema_update(self.target_projector, self.projector, self.momentum)
+        return {"momentum": self.momentum}
+
+    def ema_state(self) -> dict:
+        return {"momentum": self.momentum, "base_momentum": self.ema_base, "schedule": self.ema_schedule,
+                "pairs": {"target_backbone.": "backbone.", "target_projector.": "projector."}}
+
+
+class BYOL(OnlineTarget, Method):
     name = "byol"
     default_encoder = "online"
     DEFAULTS = {
@@ -63,13 +94,7 @@ class BYOL(Method):
 
     def __init__(self, cfg: dict):
         super().__init__(cfg)
-        self.projector = byol_mlp(self.feat_dim, cfg["proj_hidden_dim"], cfg["proj_dim"])
-        self.predictor = byol_mlp(cfg["proj_dim"], cfg["pred_hidden_dim"], cfg["proj_dim"])
-        self.target_backbone = frozen_copy(self.backbone)
-        self.target_projector = frozen_copy(self.projector)
-        self.ema_base = cfg["ema_momentum"]
-        self.ema_schedule = cfg["ema_schedule"]
-        self.momentum = self.ema_base
+        self.build_online_target(cfg)
 
     @classmethod
     def make_transform(cls, cfg: dict):
@@ -84,9 +109,6 @@ class BYOL(Method):
         if not 0.0 <= cfg["ema_momentum"] <= 1.0:
             raise UserError(f"ema_momentum must be in [0, 1] (got {cfg['ema_momentum']})")
 
-    def encoders(self) -> dict[str, str]:
-        return {"online": "backbone.", "target": "target_backbone."}
-
     def forward_train(self, batch) -> dict[str, torch.Tensor]:
         v1, v2 = batch
         p1 = self.predictor(self.projector(self.backbone(v1)))
@@ -96,13 +118,3 @@ class BYOL(Method):
             z2 = self.target_projector(self.target_backbone(v2))
         loss = byol_loss(p1, z2) + byol_loss(p2, z1)
         return {"loss": loss}
-
-    def on_after_step(self, step: int, total_steps: int) -> dict[str, float]:
-        self.momentum = ema_momentum(self.ema_schedule, step, total_steps, self.ema_base)
-        ema_update(self.target_backbone, self.backbone, self.momentum)
-        ema_update(self.target_projector, self.projector, self.momentum)
-        return {"momentum": self.momentum}
-
-    def ema_state(self) -> dict:
-        return {"momentum": self.momentum, "base_momentum": self.ema_base, "schedule": self.ema_schedule,
-                "pairs": {"target_backbone.": "backbone.", "target_projector.": "projector."}}

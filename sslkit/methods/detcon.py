@@ -25,13 +25,12 @@ from dataclasses import replace
 import torch
 
 from sslkit.engine import dist
-from sslkit.engine.ema import ema_update, frozen_copy
-from sslkit.engine.schedules import ema_momentum
 from sslkit.errors import UserError
 from sslkit.methods.base import Method
+from sslkit.methods.byol import OnlineTarget
 from sslkit.methods.detcon_ops import NUM_MASKS, TEMPERATURE, detcon_loss, mask_pool, mask_weights
 from sslkit.models.backbones import res5
-from sslkit.models.heads import byol_mlp, simclr_projector
+from sslkit.models.heads import simclr_projector
 from sslkit.transforms import ViewAug, byol_views
 
 #: keys shared by both variants
@@ -174,7 +173,7 @@ class DetConS(_DetCon):
         return {"loss": loss, **self._stats(o1, o2, i1, i2)}
 
 
-class DetConB(_DetCon):
+class DetConB(OnlineTarget, _DetCon):
     name = "detcon-b"
     summary = "DetCon-B: BYOL + contrastive detection over mask-pooled features (LARS 0.2×B/256, EMA 0.996)"
     DEFAULTS = {
@@ -195,22 +194,13 @@ class DetConB(_DetCon):
 
     def __init__(self, cfg: dict):
         super().__init__(cfg)
-        self.projector = byol_mlp(self.feat_dim, cfg["proj_hidden_dim"], cfg["proj_dim"])
-        self.predictor = byol_mlp(cfg["proj_dim"], cfg["pred_hidden_dim"], cfg["proj_dim"])
-        self.target_backbone = frozen_copy(self.backbone)
-        self.target_projector = frozen_copy(self.projector)
-        self.ema_base = cfg["ema_momentum"]
-        self.ema_schedule = cfg["ema_schedule"]
-        self.momentum = self.ema_base
+        self.build_online_target(cfg)
 
     @classmethod
     def view_augs(cls, size: int) -> tuple[ViewAug, ViewAug]:
         # appendix table, DetCon_B columns = BYOL's pipelines, with the paper's bicubic resize
         v1, v2 = byol_views(size)
         return replace(v1, interpolation="bicubic"), replace(v2, interpolation="bicubic")
-
-    def encoders(self) -> dict[str, str]:
-        return {"online": "backbone.", "target": "target_backbone."}
 
     def forward_train(self, batch) -> dict[str, torch.Tensor]:
         v1, v2, o1, o2, i1, i2, l1, l2 = self._unpack(batch)
@@ -221,13 +211,3 @@ class DetConB(_DetCon):
             t2 = self.project(self.target_projector, self.pooled(self.target_backbone, v2, o2, i2, l2))
         loss = self.loss(q1, q2, t1, t2, i1, i2, dist.all_gather)
         return {"loss": loss, **self._stats(o1, o2, i1, i2)}
-
-    def on_after_step(self, step: int, total_steps: int) -> dict[str, float]:
-        self.momentum = ema_momentum(self.ema_schedule, step, total_steps, self.ema_base)
-        ema_update(self.target_backbone, self.backbone, self.momentum)
-        ema_update(self.target_projector, self.projector, self.momentum)
-        return {"momentum": self.momentum}
-
-    def ema_state(self) -> dict:
-        return {"momentum": self.momentum, "base_momentum": self.ema_base, "schedule": self.ema_schedule,
-                "pairs": {"target_backbone.": "backbone.", "target_projector.": "projector."}}

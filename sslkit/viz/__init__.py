@@ -62,6 +62,8 @@ class ShowOptions:
     views: str | None = None  # draw a method's augmented training views instead (see VIEW_RENDERERS)
     size: int = 0  # view size for `views` (0: the method's default)
     seed: int = 0  # seed of the sampled views
+    neighbor: int | None = None  # views files with neighbours (ORL pairs): which neighbour slot
+    images: Path | None = None  # the image folder `show` resolved (renderers that open other images use it)
 
 
 @dataclass

@@ -2,12 +2,12 @@
 
 * ``orl-pairs`` (ORL stage 2): the query image (left) beside one of its kNN images (right), the
   RoI pairs of that neighbour drawn as boxes of one colour per pair joined by a line, best pair
-  first. The neighbour slot is ``ShowOptions.neighbor`` when ``sslkit show`` has a ``--neighbor``
-  flag, else ``--field neighbor=K`` (or ``--field K``); default 0, the nearest. ``--top`` limits
+  first. The neighbour slot is ``--neighbor K`` (or ``--field neighbor=K``); default 0, the nearest. ``--top`` limits
   the pairs drawn (default: all of that neighbour's pairs, ``max(1, int(0.1·B_q))``).
 * ``univip-candidates``: drawn by :func:`sslkit.viz.univip.render`.
 
-The neighbour image is read from the source root recorded in the file.
+The neighbour image is read from the image folder ``show`` resolved (``--images`` or the
+source recorded in the file).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def render(art, row: int, image: np.ndarray, opts: ShowOptions) -> Rendering:
 
 
 def neighbor_slot(opts: ShowOptions, k: int, path) -> int:
-    """The neighbour slot to draw: ``opts.neighbor`` if ``show`` offers it, else ``--field [neighbor=]K``."""
-    slot = getattr(opts, "neighbor", None)
+    """The neighbour slot to draw: ``--neighbor K``, else ``--field [neighbor=]K``, else 0."""
+    slot = opts.neighbor
     if slot is None and opts.field:
         text = opts.field.split("=", 1)[1] if opts.field.startswith(("neighbor=", "neighbour=")) else opts.field
         try:
@@ -80,7 +80,7 @@ def render_orl_pairs(art, row: int, image: np.ndarray, opts: ShowOptions) -> Ren
         pairs, scores = pairs[:opts.top], scores[:opts.top]
     qboxes, nboxes = art.ragged("boxes", row), art.ragged("boxes", nrow)
 
-    path = Path(image_root(art.params)) / art.file_name[nrow]
+    path = Path(opts.images or image_root(art.params)) / art.file_name[nrow]
     try:
         neighbour, _ = load_rgb(path)
     except ImageDecodeError as e:

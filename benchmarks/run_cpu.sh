@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Every CPU benchmark whose figures are in docs/benchmarks.md, in one go, on a quiet machine.
+#   bash benchmarks/run_cpu.sh [OUT]        (default OUT: bench-runs; needs `make setup` and lightly)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+SS="$PY -m sslkit"
+OUT=${1:-bench-runs}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+[ -f bench-data/train.json ] || $SS demo-data bench-data --preset bench --quiet
+
+echo "== propose (issue 3)"
+[ -f "$OUT/propose.md" ] || $PY benchmarks/propose.py bench-data/annotations.json --out "$OUT/propose.json" \
+  | tee "$OUT/propose.md"
+
+echo "== BYOL step throughput vs lightly (issue 4)"
+[ -f "$OUT/throughput.md" ] || $PY benchmarks/pretrain_throughput.py --json "$OUT/throughput.json" \
+  | tee "$OUT/throughput.md"
+
+echo "== artefacts for the object-level methods (small crops: only their existence matters here)"
+T=bench-data/train.json
+[ -f "$OUT/fh.h5" ] || $SS propose $T --algo felzenszwalb -o "$OUT/fh.h5" -q
+[ -f "$OUT/props.h5" ] || $SS propose $T -o "$OUT/props.h5" -q
+[ -f "$OUT/stage1_tiny/last.pth" ] || $SS pretrain $T -m byol -o "$OUT/stage1_tiny" --arch resnet18 --image-size 64 \
+  --batch-size 32 --epochs 1 --warmup-epochs 0 -q --no-tensorboard
+[ -f "$OUT/pairs_tiny.h5" ] || $SS sample-views $T -m orl --proposals "$OUT/props.h5" --ckpt "$OUT/stage1_tiny/last.pth" \
+  -o "$OUT/pairs_tiny.h5" --image-size 96 --roi-size 96 -q
+[ -f "$OUT/cands.h5" ] || $SS sample-views $T -m univip --proposals "$OUT/props.h5" -o "$OUT/cands.h5" -q
+
+echo "== step cost vs BYOL (issues 5, 6, 7)"
+$PY benchmarks/step_cost.py --images $T --masks "$OUT/fh.h5" --orl-views "$OUT/pairs_tiny.h5" \
+  --univip-views "$OUT/cands.h5" --arch resnet18 --image-size 96 --batch-size 32 --json "$OUT/step_cost.json" \
+  | tee "$OUT/step_cost.md"
+
+echo "== ORL stage 2 scaling (issue 6)"
+$PY benchmarks/orl_stage2.py $T --proposals "$OUT/props.h5" --ckpt "$OUT/stage1_tiny/last.pth" --device cpu \
+  --knn-sizes 1000,5000,20000 --roi-images 48 --out "$OUT/orl_stage2.json" | tee "$OUT/orl_stage2.md"
+
+echo "== transfer quality at CPU scale (issues 4-7)"
+$PY benchmarks/quality.py --data bench-data --out "$OUT/quality" --methods byol,detcon-b,detcon-b-grid,orl,univip \
+  --epochs ${QUALITY_EPOCHS:-40} --arch resnet18 --image-size 64 --batch-size 64 | tee "$OUT/quality.md"
