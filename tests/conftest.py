@@ -32,9 +32,10 @@ def photo_dir(tmp_path_factory) -> Path:
     return d
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def _one_thread():
-    """Tiny models run fastest on one thread, and parallel test jobs do not fight for the cores."""
+    """Tiny models run fastest on one thread, and parallel test jobs do not fight for the cores.
+    Session-wide, so module fixtures and tests compute with the same thread count (bitwise checks)."""
     import torch
 
     n = torch.get_num_threads()
