@@ -113,7 +113,7 @@ def main() -> None:
                     extra += ["--solver", "lbfgs"]
                 sh("linprobe", w, *extra, "--train", train, "--val", val, "--task", task, "--protocol", protocol,
                    "--image-size", args.probe_size, "-o", mfile, "-q", log=log)
-            res[f"{task}/{protocol} {metric}"] = round(100 * json.loads(mfile.read_text())["best"][metric], 2)
+            res[f"{task}/{protocol} {metric}"] = round(json.loads(mfile.read_text())["best"][metric], 2)  # percent
         rows.append(res)
     cols = list(rows[0])
     print("| " + " | ".join(cols) + " |")
