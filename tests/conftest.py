@@ -62,3 +62,31 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def train_on_fixed_batch(model, batch, steps: int = 12, lr: float = 0.05) -> list[dict[str, float]]:
+    """``steps`` SGD steps of a method on one fixed batch (the engine's optimizer and after-step
+    hook); each step's outputs as floats. Callers check that the loss is finite and falls."""
+    from sslkit.engine.optim import build_optimizer
+
+    opt = build_optimizer(model, "sgd", lr, 0.0)
+    outs = []
+    for step in range(steps):
+        out = model(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        model.on_after_step(step, steps)
+        outs.append({k: float(v) for k, v in out.items()})
+    return outs
+
+
+def assert_learns(outs: list[dict[str, float]]) -> None:
+    """Finite losses whose last three average below 80% of the first three."""
+    import math
+
+    import numpy as np
+
+    losses = [o["loss"] for o in outs]
+    assert all(math.isfinite(x) for x in losses), losses
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses

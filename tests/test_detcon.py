@@ -12,12 +12,11 @@ import pytest
 import torch
 
 from sslkit.engine import config as C
-from sslkit.engine.optim import build_optimizer
 from sslkit.methods import METHODS
 from sslkit.methods.detcon_ops import detcon_loss
 from sslkit.transforms import IMAGENET_MEAN, IMAGENET_STD, ViewAug
 from sslkit.views.detcon import FIELD_OFFSET, DetConViews, feature_grid
-from tests.conftest import free_port, real_photo
+from tests.conftest import assert_learns, free_port, real_photo, train_on_fixed_batch
 from tests.conftest import run_cli as sslkit
 
 PALETTE = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255], [255, 0, 255]], np.uint8)
@@ -122,18 +121,7 @@ def _fixed_batch(method: str, n: int = 4):
 def test_loss_decreases_on_a_fixed_batch(method):
     torch.manual_seed(0)
     model = METHODS[method](_cfg(method))
-    opt = build_optimizer(model, "sgd", 0.05, 0.0)
-    batch = _fixed_batch(method)
-    losses = []
-    for step in range(12):
-        out = model(batch)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        model.on_after_step(step, 12)
-        losses.append(out["loss"].item())
-    assert all(math.isfinite(x) for x in losses)
-    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+    assert_learns(train_on_fixed_batch(model, _fixed_batch(method)))
 
 
 

@@ -24,7 +24,7 @@ from sslkit.methods.mocov2 import MoCoV2, info_nce
 from sslkit.methods.simclr import SimCLR, nt_xent
 from sslkit.models.heads import byol_mlp, mocov2_projector, simclr_projector
 from sslkit.transforms import MultiView, ViewAug, build_view, byol_views, separable_gaussian_blur
-from tests.conftest import free_port
+from tests.conftest import assert_learns, free_port, train_on_fixed_batch
 
 TINY = {"arch": "resnet_tiny", "image_size": 32, "batch_size": 8, "proj_hidden_dim": 64, "pred_hidden_dim": 64,
         "queue_size": 64}
@@ -242,18 +242,7 @@ def _fixed_batch(n=8, size=32):
 def test_loss_decreases_on_a_fixed_batch(method):
     torch.manual_seed(0)
     model = METHODS[method](tiny_cfg(method))
-    opt = build_optimizer(model, "sgd", 0.05, 0.0)
-    batch = _fixed_batch()
-    losses = []
-    for step in range(15):
-        loss = model(batch)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        model.on_after_step(step, 15)
-        losses.append(loss.item())
-    assert all(math.isfinite(x) for x in losses)
-    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+    assert_learns(train_on_fixed_batch(model, _fixed_batch(), steps=15))
 
 
 def test_moco_queue_takes_the_keys_and_wraps():

@@ -4,7 +4,6 @@ all three stages through the CLI on demo scenes (stage 1 = one tiny BYOL epoch).
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 from sslkit.views.orl import jitter_box, knn_search, pair_count, pixel_box, top_pairs
+from tests.conftest import assert_learns, train_on_fixed_batch
 from tests.conftest import run_cli as sslkit
 
 
@@ -307,7 +307,6 @@ def _batch(cfg, n=4):
 
 
 def test_stage3_loss_decreases_on_a_fixed_batch(chain):
-    from sslkit.engine.optim import build_optimizer
     from sslkit.methods.orl import ORL
 
     cfg = _cfg(chain / "pairs.h5", images=str(chain / "demo" / "train.json"))
@@ -316,19 +315,10 @@ def test_stage3_loss_decreases_on_a_fixed_batch(chain):
     torch.manual_seed(0)
     model = ORL(cfg)
     assert model.predictor is not model.predictor_intra and model.predictor_intra is not model.predictor_inter
-    opt = build_optimizer(model, "sgd", 0.05, 0.0)
-    losses = []
-    for step in range(12):
-        out = model(batch)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        model.on_after_step(step, 12)
-        losses.append(out["loss"].item())
-        assert out["loss"].item() == pytest.approx(
-            (out["loss_image"] + out["loss_intra"] + out["loss_inter"]).item(), rel=1e-5)
-    assert all(math.isfinite(x) for x in losses)
-    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+    outs = train_on_fixed_batch(model, batch)
+    for out in outs:
+        assert out["loss"] == pytest.approx(out["loss_image"] + out["loss_intra"] + out["loss_inter"], rel=1e-5)
+    assert_learns(outs)
 
 
 def test_stage3_samples_fall_back_and_respect_the_ablation_settings(chain):

@@ -17,6 +17,7 @@ from sslkit.methods import METHODS
 from sslkit.methods.univip import instance_loss, normalize_marginal, ot_marginals, sinkhorn_log
 from sslkit.proposals.filters import box_iou, orl_filter
 from sslkit.views.univip import PairSampler, UniVIPViews, crop_resize
+from tests.conftest import assert_learns, train_on_fixed_batch
 from tests.conftest import run_cli as sslkit
 
 # ------------------------------------------------------------------------------------ Sinkhorn
@@ -345,23 +346,11 @@ def _fixed_batch(n=4):
 
 
 def test_loss_decreases_on_a_fixed_batch():
-    from sslkit.engine.optim import build_optimizer
-
     torch.manual_seed(0)
     model = METHODS["univip"](_cfg())
-    opt = build_optimizer(model, "sgd", 0.05, 0.0)
-    batch = _fixed_batch()
-    losses, terms = [], []
-    for step in range(12):
-        out = model(batch)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        model.on_after_step(step, 12)
-        losses.append(out["loss"].item())
-        terms.append([out[k].item() for k in ("loss_scene", "loss_scene_instance", "loss_instance")])
-    assert all(math.isfinite(x) for x in losses)
-    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+    outs = train_on_fixed_batch(model, _fixed_batch())
+    assert_learns(outs)
+    terms = [[o[k] for k in ("loss_scene", "loss_scene_instance", "loss_instance")] for o in outs]
     assert (np.array(terms[-1]) < np.array(terms[0])).all(), terms  # every term learns
 
 
