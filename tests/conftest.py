@@ -77,7 +77,7 @@ def train_on_fixed_batch(model, batch, steps: int = 12, lr: float = 0.05) -> lis
         out["loss"].backward()
         opt.step()
         model.on_after_step(step, steps)
-        outs.append({k: float(v) for k, v in out.items()})
+        outs.append({k: float(v.detach()) if hasattr(v, "detach") else float(v) for k, v in out.items()})
     return outs
 
 
