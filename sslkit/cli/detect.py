@@ -81,7 +81,7 @@ def _ints(text: str | None, name: str) -> list[int] | None:
 
 
 def _layout(device: Device, gpus: int | None, procs: int | None, nodes: int, ext):
-    from sslkit.cli.pretrain import _device_layout
+    from sslkit.cli.pretrain import device_layout
 
     if device is Device.cpu:
         if gpus:
@@ -94,7 +94,7 @@ def _layout(device: Device, gpus: int | None, procs: int | None, nodes: int, ext
             raise UserError("--device cuda but no CUDA device is visible", None, "use --device cpu")
         if procs is not None:
             raise UserError("--procs starts CPU processes; with --device cuda use --gpus N")
-    return _device_layout(gpus, procs, nodes, ext)
+    return device_layout(gpus, procs, nodes, ext)
 
 
 def _backbone_meta(weights: str, arch: str | None, encoder: str | None, seed: int) -> dict:
@@ -113,7 +113,7 @@ def _backbone_meta(weights: str, arch: str | None, encoder: str | None, seed: in
 def run_detect(weights: str | None, out: Path, flags: dict, *, engine: Engine, device: Device, gpus: int | None,
                procs: int | None, nodes: int, node_rank: int | None, rdzv_endpoint: str | None, resume: bool | None,
                eval_only: bool, dry_run: bool, quiet: bool) -> dict | None:
-    from sslkit.cli.pretrain import _peek_config
+    from sslkit.cli.pretrain import peek_config
     from sslkit.engine.config import default_workers, dump_yaml, resolve_precision
     from sslkit.engine.dist import detect_launcher
     from sslkit.eval.detect import train as T
@@ -129,7 +129,7 @@ def run_detect(weights: str | None, out: Path, flags: dict, *, engine: Engine, d
                 raise UserError("--eval-only evaluates RUN_DIR/last.pth; --no-resume would discard it")
             fresh = out.exists() and any((out / n).exists() for n in T.RUN_OUTPUTS)
         elif last.exists():
-            ck_cfg, resume_from = _peek_config(last), str(last)
+            ck_cfg, resume_from = peek_config(last), str(last)
             if ck_cfg.get("engine") != "torchvision" or "resolved" not in ck_cfg:
                 raise UserError("holds a checkpoint that 'sslkit detect' did not write", last,
                                 "pass another --out, or --no-resume to start over")

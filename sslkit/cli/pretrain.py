@@ -46,7 +46,7 @@ def _list_methods() -> None:
     stdout.print(t)
 
 
-def _device_layout(gpus: int | None, procs: int | None, nodes: int, ext) -> tuple[str, int, int]:
+def device_layout(gpus: int | None, procs: int | None, nodes: int, ext) -> tuple[str, int, int]:
     """(device, ranks per node to start here (0: started by an external launcher), world size)."""
     import torch
 
@@ -81,7 +81,7 @@ def _device_layout(gpus: int | None, procs: int | None, nodes: int, ext) -> tupl
     return "cuda", gpus, gpus * nodes
 
 
-def _peek_config(path: Path) -> dict:
+def peek_config(path: Path) -> dict:
     """The config of a checkpoint, read lazily (mmap) without loading the tensors."""
     import torch
 
@@ -118,7 +118,7 @@ def run_pretrain(images: Path | None, out: Path | None, flags: dict, config_file
         if resume is False:
             fresh = out.exists() and any((out / n).exists() for n in ("last.pth", "log.jsonl"))
         elif last.exists():
-            ck_cfg, resume_from = _peek_config(last), str(last)
+            ck_cfg, resume_from = peek_config(last), str(last)
             # per-invocation settings do not carry over: a stop point, and workers sized for that machine
             ck_cfg.update(max_steps=None, workers=None)
         elif resume:
@@ -135,7 +135,7 @@ def run_pretrain(images: Path | None, out: Path | None, flags: dict, config_file
         layer.pop("method", None)
 
     ext = detect_launcher()
-    device, nproc, world = _device_layout(gpus, procs, nodes, ext)
+    device, nproc, world = device_layout(gpus, procs, nodes, ext)
     layers = [(str(config_file), file_layer), ("--set", set_layer), ("command line", flag_layer)]
     cfg = C.resolve(method_cls, layers, base=ck_cfg)
     if ck_cfg is not None:

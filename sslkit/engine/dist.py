@@ -7,6 +7,7 @@ and barriers return at once, so method code never branches on the world size.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from dataclasses import dataclass
@@ -117,6 +118,16 @@ def init(device: str) -> DistInfo:
                                 device_id=torch.device("cuda", index) if device == "cuda" else None)
     _INFO = found
     return _INFO
+
+
+@contextlib.contextmanager
+def running(device: str):
+    """``init`` the process group for this rank, yield its :class:`DistInfo`, always ``shutdown``."""
+    info = init(device)
+    try:
+        yield info
+    finally:
+        shutdown()
 
 
 def shutdown() -> None:

@@ -96,7 +96,7 @@ class Amp:
         return torch.autocast(self.device, dtype=self.dtype)
 
 
-class _Skipped:
+class SkippedImages:
     """Unreadable images: warn once per file on the rank that met it; rank 0 lists them all."""
 
     def __init__(self, path: Path, main: bool):
@@ -154,11 +154,8 @@ def _compile_encoders(model) -> None:
 
 def train(cfg: dict, opts: RunOptions) -> dict | None:
     """Run (or continue) the training ``cfg`` describes; returns the summary on rank 0."""
-    info = dist.init(cfg["device"])
-    try:
+    with dist.running(cfg["device"]) as info:
         return _train(cfg, opts, info)
-    finally:
-        dist.shutdown()
 
 
 def _train(cfg: dict, opts: RunOptions, info: dist.DistInfo) -> dict | None:
@@ -235,7 +232,7 @@ def _train(cfg: dict, opts: RunOptions, info: dist.DistInfo) -> dict | None:
         dataset, batch_sampler=sampler, num_workers=cfg["workers"], pin_memory=device.type == "cuda",
         persistent_workers=cfg["workers"] > 0, collate_fn=SkipAwareCollate(method_cls.collate),
         generator=torch.Generator())
-    skipped = _Skipped(run_dir / SKIPPED, main)
+    skipped = SkippedImages(run_dir / SKIPPED, main)
     logger = RunLogger(run_dir, main, opts.quiet, cfg["tensorboard"], total, step, global_batch, spe,
                        resumed=opts.resume_from is not None)
     state = {"metrics": {}, "t_start": time.monotonic()}

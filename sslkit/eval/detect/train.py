@@ -225,17 +225,14 @@ def run_inference(model: nn.Module, split, indices: list[int], device: torch.dev
 
 def train(cfg: dict, opts: DetectOptions) -> dict | None:
     """Entry point of every rank (also what the elastic launcher runs); rank 0 returns the summary."""
-    info = dist.init(cfg["device"])
-    try:
+    with dist.running(cfg["device"]) as info:
         return _run(cfg, opts, info)
-    finally:
-        dist.shutdown()
 
 
 def _run(cfg: dict, opts: DetectOptions, info: dist.DistInfo) -> dict | None:
     from sslkit.cli.common import progress
     from sslkit.engine.config import dump_yaml
-    from sslkit.engine.trainer import Amp, _Skipped, clear_run_outputs
+    from sslkit.engine.trainer import Amp, SkippedImages, clear_run_outputs
     from sslkit.eval.detect.data import load_detection_split
     from sslkit.eval.detect.model import optimizer_param_groups
     from sslkit.eval.detect.schedule import DetectionSchedule
@@ -310,7 +307,7 @@ def _run(cfg: dict, opts: DetectOptions, info: dist.DistInfo) -> dict | None:
     stop = min(total, cfg["max_iters"]) if cfg["max_iters"] is not None else total
     workers = cfg["workers"] or 0
     groups = tr.aspect_groups()[usable]
-    skipped = _Skipped(run_dir / "skipped_images.tsv", main)
+    skipped = SkippedImages(run_dir / "skipped_images.tsv", main)
     t_start = time.monotonic()
 
     def elapsed() -> float:
