@@ -363,3 +363,22 @@ def test_stage3_trains_from_the_cli_from_stage1_weights(chain, tmp_path):
             assert torch.equal(v, s1[k]), k
         if k.startswith("target_"):
             assert torch.equal(v, model.state_dict()[k[len("target_"):]]), k
+
+
+def test_stage3_resumes_exactly_with_the_views_path_given_relative(chain, tmp_path, monkeypatch):
+    """An interrupted stage 3 continued with --views spelled relative to another cwd (the checkpoint
+    stores it absolute) ends with the weights of the uninterrupted run."""
+    from sslkit.io.checkpoint import load_checkpoint
+
+    def stage3(out, views, *extra):
+        return sslkit("pretrain", chain / "demo" / "train.json", "-m", "orl", "--views", views, "-o", out,
+                      "--image-size", 32, "--epochs", 2, "--set", "patch_size=32", "--save-every", 100, *TINY, *extra)
+
+    assert stage3(tmp_path / "full", chain / "pairs.h5") == 0
+    assert stage3(tmp_path / "part", chain / "pairs.h5", "--max-steps", 1) == 0
+    monkeypatch.chdir(chain)
+    assert stage3(tmp_path / "part", "pairs.h5") == 0
+    a, b = load_checkpoint(tmp_path / "full" / "last.pth"), load_checkpoint(tmp_path / "part" / "last.pth")
+    assert a["step"] == b["step"] == 4
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k

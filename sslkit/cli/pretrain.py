@@ -138,6 +138,12 @@ def run_pretrain(images: Path | None, out: Path | None, flags: dict, config_file
     device, nproc, world = device_layout(gpus, procs, nodes, ext)
     layers = [(str(config_file), file_layer), ("--set", set_layer), ("command line", flag_layer)]
     cfg = C.resolve(method_cls, layers, base=ck_cfg)
+    for key in ("images", "image_root", "masks", "views", "init_from"):  # absolute, before comparing
+        if cfg.get(key):
+            p = Path(cfg[key]).expanduser()
+            if not p.exists():
+                raise UserError("no such file or folder", p)
+            cfg[key] = str(p.resolve())
     if ck_cfg is not None:
         changed = C.frozen_changes(method_cls, ck_cfg, cfg)
         if changed:
@@ -149,12 +155,6 @@ def run_pretrain(images: Path | None, out: Path | None, flags: dict, config_file
         cfg["workers"] = C.default_workers(ext.local_world_size if ext else nproc)
     if cfg["images"] is None and not print_config:
         raise UserError("no IMAGES given (a folder or a COCO json)")
-    for key in ("images", "image_root", "masks", "views", "init_from"):
-        if cfg.get(key):
-            p = Path(cfg[key]).expanduser()
-            if not p.exists():
-                raise UserError("no such file or folder", p)
-            cfg[key] = str(p.resolve())
     C.validate(cfg)
     method_cls.validate(cfg)
     if print_config:
