@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=None, help="override the schedule's length (smoke tests)")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--fpn-channels", type=int, default=256)
+    ap.add_argument("--precise-bn-iters", type=int, default=None, help="Precise-BN batches (default: sslkit detect's)")
+    ap.add_argument("--val", type=Path, default=None, help="evaluation COCO json (default: DATA/val.json)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -93,12 +95,14 @@ def main(argv: list[str] | None = None) -> int:
             build += ["--n", str(args.n)]
         if sslkit(*build).returncode:
             return 1
-    common = ["--train", str(args.data / "train.json"), "--val", str(args.data / "val.json"),
+    common = ["--train", str(args.data / "train.json"), "--val", str(args.val or args.data / "val.json"),
               "--schedule", args.schedule, "--min-size", str(args.size), "--max-size", str(round(args.size * 1333 / 800)),
               "--batch-size", str(args.batch_size), "--fpn-channels", str(args.fpn_channels), "--device", args.device,
               "--seed", str(args.seed), "--json", "--no-tensorboard"]
     if args.iters is not None:
         common += ["--iters", str(args.iters)]
+    if args.precise_bn_iters is not None:
+        common += ["--precise-bn-iters", str(args.precise_bn_iters)]
     if args.workers is not None:
         common += ["--workers", str(args.workers)]
     rows = []

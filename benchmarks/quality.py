@@ -3,16 +3,22 @@ then probe the frozen backbone (object-crop top-1 and scene multi-label mAP) aga
 
 Everything runs through the real CLI (`sslkit ...` subprocesses), as a user would chain it:
 
-    python benchmarks/quality.py --data bench-data --out bench-runs/quality \\
-        --methods byol,detcon-b,detcon-b-grid,orl,univip --epochs 30 --arch resnet18 --image-size 64
+    python benchmarks/quality.py --data bench-quality --out bench-runs/q30 --heldout 0.3 \\
+        --methods byol,detcon-b,orl,univip --epochs 30 --arch resnet18 --image-size 64
 
 Prints a markdown table and writes OUT/quality.json. Budget = same epochs, batch, image size and
 arch for every method (ORL's stage 1 is the BYOL run of the same table, as in the paper).
+Methods: byol, simclr, mocov2, detcon-b, detcon-s (FH masks), detcon-b-grid, detcon-s-grid, orl,
+univip, and the ablation variants of VARIANTS (orl-intra, orl-inter, univip-k0, univip-k2,
+univip-no-ot, univip-no-si). ``--heldout F`` adds object probes on cutouts the probe never trained
+on; ``--probes`` picks the probes. Finished runs (RUN/time.json) and probes are reused; an
+interrupted pretraining run is resumed.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -22,6 +28,17 @@ from pathlib import Path
 
 SSLKIT = [sys.executable, "-m", "sslkit"]
 
+# Ablation variants: name -> (method, settings passed as --set). ORL Table 5(a); UniVIP Table 7 and 8(c)
+# (K = 0 is UniVIP's scene-only row: BYOL on overlapping views).
+VARIANTS = {
+    "orl-intra": ("orl", {"inter_weight": 0}),
+    "orl-inter": ("orl", {"intra_weight": 0}),
+    "univip-k0": ("univip", {"num_instances": 0}),
+    "univip-k2": ("univip", {"num_instances": 2}),
+    "univip-no-ot": ("univip", {"instance_weight": 0}),
+    "univip-no-si": ("univip", {"scene_instance_weight": 0}),
+}
+
 
 def sh(*args, log=None) -> float:
     t = time.time()
@@ -29,6 +46,26 @@ def sh(*args, log=None) -> float:
     print("+", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT if log else None)
     return time.time() - t
+
+
+def heldout_split(train: Path, val: Path, fraction: float, out: Path) -> tuple[Path, Path]:
+    """Object probes on cutouts never seen by the probe: per category, ``fraction`` of the source
+    cutouts (annotation ``source``, a stable hash order) are held out; the probe trains on the
+    train-scene objects of the other cutouts and is scored on the val-scene objects of the held-out
+    ones. The plain object probe instead meets the same cutouts in train and val (instance
+    matching); this one asks for category-level generalisation."""
+    tr, va = json.loads(train.read_text()), json.loads(val.read_text())
+    by_cat: dict[int, set[str]] = {}
+    for a in tr["annotations"] + va["annotations"]:
+        by_cat.setdefault(a["category_id"], set()).add(a["source"])
+    held = set()
+    for sources in by_cat.values():
+        order = sorted(sources, key=lambda x: hashlib.sha1(x.encode()).hexdigest())
+        held |= set(order[:max(1, round(len(order) * fraction))])
+    paths = out / "probe_train_seen.json", out / "probe_val_unseen.json"
+    for path, data, keep in ((paths[0], tr, False), (paths[1], va, True)):
+        path.write_text(json.dumps(data | {"annotations": [a for a in data["annotations"] if (a["source"] in held) == keep]}))
+    return paths
 
 
 def main() -> None:
@@ -44,6 +81,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None, help="base lr for every method (default: each method's)")
     ap.add_argument("--probe-size", type=int, default=64, help="input side for the probes")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--probes", default="objects/linear,objects/knn,multilabel/linear",
+                    help="probes to run: TASK/PROTOCOL, comma-separated")
+    ap.add_argument("--heldout", type=float, default=0.0,
+                    help="also probe object crops of held-out cutouts (this fraction per category; 0: off)")
     args = ap.parse_args()
 
     out = args.out
@@ -67,17 +108,21 @@ def main() -> None:
 
     def pretrain(name: str, method: str, *extra) -> tuple[Path, float]:
         run = out / name
-        ck = run / "last.pth"
-        if ck.exists():
-            return ck, json.loads((run / "time.json").read_text())["seconds"]
+        ck, done = run / "last.pth", run / "time.json"
+        if done.exists():  # finished; an interrupted run (last.pth only) is resumed by `sslkit pretrain`
+            return ck, json.loads(done.read_text())["seconds"]
         heads = small_heads + (["--set", "pred_hidden_dim=1024"] if method != "simclr" and method != "detcon-s" else [])
         secs = sh("pretrain", train, "-m", method, "-o", run, *common, *heads, *extra, log=log)
-        (run / "time.json").write_text(json.dumps({"seconds": secs}))
+        done.write_text(json.dumps({"seconds": secs}))
         return ck, secs
 
     weights: dict[str, tuple[str, float]] = {"random": ("random", 0.0)}
     wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in wanted:
+        name, sets = m, []
+        if m in VARIANTS:
+            m, kv = VARIANTS[m]
+            sets = [a for k, v in kv.items() for a in ("--set", f"{k}={v}")]
         if m in ("byol", "simclr", "mocov2"):
             weights[m] = tuple(map(str, pretrain(m, m)))
         elif m in ("detcon-b", "detcon-s"):
@@ -91,17 +136,23 @@ def main() -> None:
             if not pairs.exists():
                 t2 = sh("sample-views", train, "-m", "orl", "--proposals", props, "--ckpt", stage1, "-o", pairs,
                         "--image-size", args.image_size, "--roi-size", args.image_size, "-q", log=log)
-            ck, t3 = pretrain("orl", "orl", "--views", pairs, "--set", f"patch_size={patch}")
-            weights[m] = (str(ck), float(t1) + t2 + t3)
+            ck, t3 = pretrain(name, "orl", "--views", pairs, "--set", f"patch_size={patch}", *sets)
+            weights[name] = (str(ck), float(t1) + t2 + t3)
         elif m == "univip":
             cands = out / "univip_cands.h5"
             if not cands.exists():
                 sh("sample-views", train, "-m", "univip", "--proposals", props, "-o", cands, "-q", log=log)
-            weights[m] = tuple(map(str, pretrain("univip", "univip", "--views", cands, "--set", f"instance_size={patch}")))
+            weights[name] = tuple(map(str, pretrain(name, "univip", "--views", cands, "--set", f"instance_size={patch}",
+                                                    *sets)))
         else:
             raise SystemExit(f"unknown method {m}")
 
-    probes = (("objects", "linear", "top1"), ("objects", "knn", "top1"), ("multilabel", "linear", "mAP"))
+    metric_of = {"objects": "top1", "multilabel": "mAP"}
+    probes = tuple((t, p, metric_of[t]) for t, p in (x.strip().split("/") for x in args.probes.split(",") if x.strip()))
+    sets = {"objects": (train, val), "multilabel": (train, val)}
+    if args.heldout > 0:
+        sets["objects-unseen"] = heldout_split(train, val, args.heldout, out)
+        probes += (("objects-unseen", "linear", "top1"), ("objects-unseen", "knn", "top1"))
     rows = []
     for name, (w, secs) in weights.items():
         res = {"method": name, "pretrain_s": round(float(secs), 1)}
@@ -111,7 +162,9 @@ def main() -> None:
                 extra = ["--arch", args.arch] if w == "random" else []
                 if protocol == "linear":
                     extra += ["--solver", "lbfgs"]
-                sh("linprobe", w, *extra, "--train", train, "--val", val, "--task", task, "--protocol", protocol,
+                ptrain, pval = sets[task]
+                sh("linprobe", w, *extra, "--train", ptrain, "--val", pval, "--task", task.split("-")[0],
+                   "--protocol", protocol,
                    "--image-size", args.probe_size, "-o", mfile, "-q", log=log)
             res[f"{task}/{protocol} {metric}"] = round(json.loads(mfile.read_text())["best"][metric], 2)  # percent
         rows.append(res)

@@ -37,6 +37,28 @@ echo "== ORL stage 2 scaling (issue 6)"
 $PY benchmarks/orl_stage2.py $T --proposals "$OUT/props.h5" --ckpt "$OUT/stage1_tiny/last.pth" --device cpu \
   --knn-sizes 1000,5000,20000 --roi-images 48 --out "$OUT/orl_stage2.json" | tee "$OUT/orl_stage2.md"
 
-echo "== transfer quality at CPU scale (issues 4-7)"
-$PY benchmarks/quality.py --data bench-data --out "$OUT/quality" --methods byol,detcon-b,detcon-b-grid,orl,univip \
-  --epochs ${QUALITY_EPOCHS:-40} --arch resnet18 --image-size 64 --batch-size 64 | tee "$OUT/quality.md"
+echo "== transfer quality at CPU scale (issues 4-7): 1,500 smaller scenes, 30 epochs (540 steps)"
+Q=bench-quality
+[ -f $Q/train.json ] || $SS demo-data $Q --n 1500 --min-side 160 --max-side 224 --seed 1 --quiet
+$PY benchmarks/quality.py --data $Q --out "$OUT/q30" --methods byol,detcon-b,orl,univip --heldout 0.3 \
+  --epochs ${QUALITY_EPOCHS:-30} --arch resnet18 --image-size 64 --batch-size 64 | tee "$OUT/q30.md"
+
+echo "== ORL / UniVIP ablations at small scale (issues 6, 7): 5 epochs, ORL pairs of the 30-epoch stage 1"
+mkdir -p "$OUT/qabl"
+for f in props.h5 fh.h5 grid.h5 orl_pairs.h5 univip_cands.h5; do cp -n "$OUT/q30/$f" "$OUT/qabl/"; done
+$PY benchmarks/quality.py --data $Q --out "$OUT/qabl" --epochs 5 --arch resnet18 --image-size 64 --batch-size 64 \
+  --methods byol,orl,orl-intra,orl-inter,univip,univip-k2,univip-k0,univip-no-ot,univip-no-si \
+  --probes objects/linear,objects/knn | tee "$OUT/qabl.md"
+
+echo "== detection transfer (issue 8): Mask R-CNN R18-FPN(64), 200 iterations, from each 30-epoch checkpoint"
+python3 - "$Q" <<'PY'
+import json, sys
+d = json.load(open(f"{sys.argv[1]}/val.json"))
+keep = set(sorted(i["id"] for i in d["images"])[:150])
+d["images"] = [i for i in d["images"] if i["id"] in keep]
+d["annotations"] = [a for a in d["annotations"] if a["image_id"] in keep]
+json.dump(d, open(f"{sys.argv[1]}/val150.json", "w"))
+PY
+$PY benchmarks/detect.py --data $Q --val $Q/val150.json --out "$OUT/qdet" --arch resnet18 --size 128 --iters 200 \
+  --batch-size 4 --fpn-channels 64 --precise-bn-iters 20 --workers 1 \
+  $(for m in byol detcon-b orl univip; do echo --weights $m="$OUT/q30/$m/last.pth"; done) | tee "$OUT/qdet.md"
