@@ -48,6 +48,14 @@ def sh(*args, log=None) -> float:
     return time.time() - t
 
 
+def coco_image_root(json_path: Path) -> Path:
+    """The folder sslkit finds a COCO json's images in."""
+    from sslkit.io.images import resolve_image_root
+
+    names = [im["file_name"] for im in json.loads(json_path.read_text())["images"][:3]]
+    return resolve_image_root(json_path, names, None)
+
+
 def heldout_split(train: Path, val: Path, fraction: float, out: Path) -> tuple[Path, Path]:
     """Object probes on cutouts never seen by the probe: per category, ``fraction`` of the source
     cutouts (annotation ``source``, a stable hash order) are held out; the probe trains on the
@@ -152,6 +160,7 @@ def main() -> None:
     sets = {"objects": (train, val), "multilabel": (train, val)}
     if args.heldout > 0:
         sets["objects-unseen"] = heldout_split(train, val, args.heldout, out)
+        image_root, val_root = (coco_image_root(p) for p in (train, val))
         probes += (("objects-unseen", "linear", "top1"), ("objects-unseen", "knn", "top1"))
     rows = []
     for name, (w, secs) in weights.items():
@@ -163,6 +172,8 @@ def main() -> None:
                 if protocol == "linear":
                     extra += ["--solver", "lbfgs"]
                 ptrain, pval = sets[task]
+                if task == "objects-unseen":  # the split files live in OUT, the images beside train.json
+                    extra += ["--image-root", image_root, "--val-image-root", val_root]
                 sh("linprobe", w, *extra, "--train", ptrain, "--val", pval, "--task", task.split("-")[0],
                    "--protocol", protocol,
                    "--image-size", args.probe_size, "-o", mfile, "-q", log=log)
