@@ -48,7 +48,7 @@ _ORL_ONLY = {"ckpt": "--ckpt", "encoder": "--encoder", "knn": "--knn", "pair_rat
 
 def _orl(inputs, output, proposals, image_root, flt, opts, source_kind, coco, merge, overwrite, quiet):
     from sslkit.errors import UserError
-    from sslkit.views import orl
+    from sslkit.views import check_box_source, orl
 
     if merge:
         given = [f for k, f in _ORL_ONLY.items() if opts.get(k) is not None] + \
@@ -66,14 +66,7 @@ def _orl(inputs, output, proposals, image_root, flt, opts, source_kind, coco, me
     if len(inputs) != 1:
         raise UserError(f"expected one IMAGES folder or json, got {len(inputs)} paths", None,
                         "to join shard files pass --merge")
-    kind = source_kind or "proposals"
-    if kind not in ("proposals", "gt"):
-        raise UserError(f"--source {kind!r} is not proposals or gt")
-    if kind == "proposals" and (proposals is None or coco is not None):
-        raise UserError("--method orl needs --proposals (and no --coco)", None,
-                        "make them with: sslkit propose IMAGES -o props.h5; or use --source gt --coco FILE")
-    if kind == "gt" and (coco is None or proposals is not None):
-        raise UserError("--source gt needs --coco FILE (a COCO instances json with the boxes) and no --proposals")
+    check_box_source(source_kind, proposals, coco)
     if opts.get("ckpt") is None:
         raise UserError("--method orl needs --ckpt (the stage-1 model)", None,
                         "e.g. sslkit pretrain IMAGES --method byol --out stage1/ and --ckpt stage1/last.pth")
@@ -95,6 +88,7 @@ def _univip(inputs, output, proposals, image_root, flt, source_kind, coco, overw
     from sslkit.errors import UserError
     from sslkit.io.images import ImageSource
     from sslkit.proposals.filters import ORL_DEFAULTS
+    from sslkit.views import check_box_source
 
     try:
         from sslkit.views.univip import build_candidates
@@ -102,13 +96,7 @@ def _univip(inputs, output, proposals, image_root, flt, source_kind, coco, overw
         raise UserError(f"--method univip is not available in this sslkit build ({e})") from None
     if len(inputs) != 1:
         raise UserError(f"expected one IMAGES folder or json, got {len(inputs)} paths")
-    kind = source_kind or "proposals"
-    if kind not in ("proposals", "gt"):
-        raise UserError(f"--source {kind!r} is not proposals or gt")
-    if kind == "proposals" and proposals is None:
-        raise UserError("--source proposals needs --proposals", None, "make them with: sslkit propose IMAGES -o props.h5")
-    if kind == "gt" and coco is None:
-        raise UserError("--source gt needs --coco FILE (COCO instances json with the boxes)")
+    kind = check_box_source(source_kind, proposals, coco)
     filt = {k: (ORL_DEFAULTS[k] if v is None else v) for k, v in flt.items()}  # univip.md §2.1: ORL's values
     source = ImageSource.from_arg(inputs[0], image_root)
     return build_candidates(source, output, proposals=proposals, coco=coco, source_kind=kind,

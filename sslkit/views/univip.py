@@ -35,6 +35,7 @@ from sslkit.errors import UserError
 from sslkit.io.images import ImageSource
 from sslkit.proposals.algorithms import BoxFilter
 from sslkit.proposals.filters import box_iou
+from sslkit.views import check_box_source
 
 FORMAT = "sslkit.views"
 VIEWS_KIND = "univip-candidates"
@@ -89,13 +90,7 @@ def build_candidates(source: ImageSource, out: Path, *, proposals: Path | None, 
     from sslkit.proposals.driver import source_params
 
     t0 = time.perf_counter()
-    if source_kind not in ("proposals", "gt"):
-        raise UserError(f"--source {source_kind!r} is not proposals or gt")
-    if source_kind == "proposals" and (proposals is None or coco is not None):
-        raise UserError("--source proposals needs --proposals FILE (and no --coco)", None,
-                        "make it with: sslkit propose IMAGES -o props.h5")
-    if source_kind == "gt" and (coco is None or proposals is not None):
-        raise UserError("--source gt needs --coco FILE (a COCO instances json, and no --proposals)")
+    source_kind = check_box_source(source_kind, proposals, coco)
     filt = _candidate_filter(min_size, max_ratio, max_iou, top_n)
     out = Path(out)
     check_output(out, FORMAT, overwrite)
