@@ -371,6 +371,40 @@ def test_byol_blur_is_always_on_view_1_and_one_in_ten_on_view_2():
     assert tuple(blur.kernel_size) == (23, 23)  # 10% of the side, odd (tensor inputs)
 
 
+def _blur_sigmas(obj, seen=None) -> set[tuple[float, float]]:
+    """σ ranges of every GaussianBlur reachable from a method's transform object."""
+    from sslkit.transforms import GaussianBlur
+
+    seen = set() if seen is None else seen
+    if id(obj) in seen or isinstance(obj, (str, bytes, int, float, np.ndarray, torch.Tensor)) or obj is None:
+        return set()
+    seen.add(id(obj))
+    if isinstance(obj, GaussianBlur):
+        return {tuple(round(s, 6) for s in obj.sigma)}
+    if isinstance(obj, dict):
+        children = list(obj.values())
+    elif isinstance(obj, (list, tuple)):
+        children = list(obj)
+    else:
+        children = list(getattr(obj, "__dict__", {}).values()) + list(getattr(obj, "_modules", {}).values())
+    return set().union(*(_blur_sigmas(c, seen) for c in children)) if children else set()
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_blur_reference_size_rescales_every_views_blur(method):
+    """``blur_reference_size=224`` turns the papers' σ ∈ [0.1, 2] px (224-px views) into σ·side/224 for
+    every view a method builds (ORL's patches and UniVIP's instances have their own sides)."""
+    cls = METHODS[method]
+    base = C.resolve(cls, [("flags", {"image_size": 64})])
+    sides = {64} | {base[k] for k in ("patch_size", "instance_size") if k in base}
+    assert _blur_sigmas(cls.make_transform(base)) == {(0.1, 2.0)}  # default: the papers' pixels
+    scaled = C.resolve(cls, [("flags", {"image_size": 64, "blur_reference_size": 224})])
+    got = _blur_sigmas(cls.make_transform(scaled))
+    assert got == {(round(0.1 * s / 224, 6), round(2.0 * s / 224, 6)) for s in sides}
+    with pytest.raises(UserError, match="blur_reference_size"):
+        C.validate(C.resolve(cls, [("flags", {"blur_reference_size": 0})]))
+
+
 # ---------------------------------------------------------------- config
 
 

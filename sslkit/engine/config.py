@@ -51,6 +51,9 @@ ENGINE_KEYS: dict[str, Key] = {
     "warmup_epochs": Key(0.0, float, "linear lr warm-up length (epochs)"),
     "warmup_start_factor": Key(1e-4, float, "warm-up starts at this fraction of the peak lr"),
     "min_lr": Key(0.0, float, "cosine schedule end value (absolute)"),
+    "blur_reference_size": Key(None, int, "rescale the Gaussian-blur σ range (given for views of this side, "
+                               "e.g. 224) to each view's side; unset: σ in pixels as the papers give it",
+                               optional=True),
     "sync_bn": Key(False, bool, "SyncBatchNorm across GPUs (ignored on CPU and for one rank)"),
     "seed": Key(0, int, "seed of the init, the sampler permutation and every augmentation draw"),
     # runtime: may change on resume
@@ -212,6 +215,8 @@ def validate(cfg: dict) -> None:
         raise UserError("workers must be >= 0")
     if cfg["max_steps"] is not None and cfg["max_steps"] < 1:
         raise UserError("max_steps must be at least 1")
+    if cfg["blur_reference_size"] is not None and cfg["blur_reference_size"] < 1:
+        raise UserError(f"blur_reference_size must be at least 1 px (got {cfg['blur_reference_size']})")
     for name in ("save_every", "keep_last", "log_every"):
         if cfg[name] < 0 or (name == "log_every" and cfg[name] == 0):
             raise UserError(f"{name} must be {'>= 1' if name == 'log_every' else '>= 0'}")

@@ -31,7 +31,7 @@ from sslkit.methods.byol import OnlineTarget
 from sslkit.methods.detcon_ops import NUM_MASKS, TEMPERATURE, detcon_loss, mask_pool, mask_weights
 from sslkit.models.backbones import res5
 from sslkit.models.heads import simclr_projector
-from sslkit.transforms import ViewAug, byol_views
+from sslkit.transforms import ViewAug, byol_views, scale_blur
 
 #: keys shared by both variants
 _COMMON_DEFAULTS = {
@@ -82,7 +82,7 @@ class _DetCon(Method):
     def make_transform(cls, cfg: dict):
         from sslkit.views.detcon import DetConViews
 
-        return DetConViews(cls.view_augs(cfg["image_size"]), cfg["num_masks"], keep_labels=cfg["mask_pool"] == "soft")
+        return DetConViews(scale_blur(cls.view_augs(cfg["image_size"]), cfg["blur_reference_size"]), cfg["num_masks"], keep_labels=cfg["mask_pool"] == "soft")
 
     @classmethod
     def make_dataset(cls, cfg: dict, source):

@@ -180,7 +180,8 @@ class UniVIP(BYOL):
         sampler = PairSampler(k=cfg["num_instances"], tries=cfg["overlap_tries"], naive_min_size=cfg["naive_min_size"],
                               naive_max_ratio=cfg["naive_max_ratio"], naive_max_iou=cfg["naive_max_iou"],
                               overlap=cfg["scene_overlap"], naive_only=cfg["naive_only"])
-        return UniVIPViews(sampler, cfg["image_size"], cfg["instance_size"], cls.uses_instances(cfg))
+        return UniVIPViews(sampler, cfg["image_size"], cfg["instance_size"], cls.uses_instances(cfg),
+                           cfg["blur_reference_size"])
 
     @staticmethod
     def needs_candidates(cfg: dict) -> bool:

@@ -9,6 +9,7 @@ from sslkit.transforms.pipelines import (
     build_view,
     byol_views,
     mocov2_views,
+    scale_blur,
     separable_gaussian_blur,
     simclr_views,
     to_image,
@@ -16,5 +17,5 @@ from sslkit.transforms.pipelines import (
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "GaussianBlur", "MultiView", "ViewAug", "build_view", "byol_views",
-    "mocov2_views", "separable_gaussian_blur", "simclr_views", "to_image",
+    "mocov2_views", "scale_blur", "separable_gaussian_blur", "simclr_views", "to_image",
 ]

@@ -137,6 +137,19 @@ class ViewAug:
     std: tuple[float, float, float] = IMAGENET_STD
 
 
+def scale_blur(views: Sequence[ViewAug], reference: int | None) -> tuple[ViewAug, ...]:
+    """The views with their blur σ range rescaled from ``reference``-px views to each view's own side.
+
+    The papers give σ ∈ [0.1, 2.0] in pixels of 224-px views; at 64 px the same pixels blur ~3.5×
+    more of the picture (CIFAR-scale recipes such as solo-learn's drop the blur instead). With
+    ``reference=224`` a view of side ``s`` draws σ from [0.1, 2.0]·s/224. ``None``/0: unchanged.
+    """
+    if not reference:
+        return tuple(views)
+    return tuple(replace(v, blur_sigma=(v.blur_sigma[0] * v.size / reference, v.blur_sigma[1] * v.size / reference))
+                 for v in views)
+
+
 def byol_views(size: int) -> tuple[ViewAug, ViewAug]:
     """BYOL's asymmetric pair (ORL spec §2.2): blur 1.0 / 0.1, solarize 0.0 / 0.2."""
     v1 = ViewAug(size=size, blur_p=1.0, solarize_p=0.0)

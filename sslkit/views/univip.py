@@ -407,15 +407,15 @@ class UniVIPViews:
     """
 
     def __init__(self, sampler: PairSampler, scene_size: int = 224, instance_size: int = 96,
-                 instances: bool = True):
-        from sslkit.transforms import byol_views
+                 instances: bool = True, blur_reference: int | None = None):
+        from sslkit.transforms import byol_views, scale_blur
 
         self.sampler = sampler
         self.scene_size = scene_size
         self.instance_size = instance_size
         self.instances = instances and sampler.k > 0
-        self.scene = [photometric(v) for v in byol_views(scene_size)]
-        self.instance = [photometric(v) for v in byol_views(instance_size)]
+        self.scene = [photometric(v) for v in scale_blur(byol_views(scene_size), blur_reference)]
+        self.instance = [photometric(v) for v in scale_blur(byol_views(instance_size), blur_reference)]
 
     def __call__(self, image: np.ndarray, candidates: np.ndarray):
         from PIL import Image
