@@ -9,9 +9,10 @@ Everything runs through the real CLI (`sslkit ...` subprocesses), as a user woul
 Prints a markdown table and writes OUT/quality.json. Budget = same epochs, batch, image size and
 arch for every method (ORL's stage 1 is the BYOL run of the same table, as in the paper).
 Methods: byol, simclr, mocov2, detcon-b, detcon-s (FH masks), detcon-b-grid, detcon-s-grid, orl,
-univip, and the ablation variants of VARIANTS (orl-intra, orl-inter, univip-k0, univip-k2,
-univip-no-ot, univip-no-si). ``--heldout F`` adds object probes on cutouts the probe never trained
-on; ``--probes`` picks the probes. Finished runs (RUN/time.json) and probes are reused; an
+univip, and the variants of VARIANTS (byol-blur224, byol-blur224-lr4x, orl-intra, orl-inter,
+univip-k0, univip-k2, univip-no-ot, univip-no-si). ``--heldout F`` adds object probes on cutouts the
+probe never trained on; ``--probes`` picks the probes (``background/...``: a diagnostic on demo-data
+scenes, which background photo a scene was built on). Finished runs (RUN/time.json) and probes are reused; an
 interrupted pretraining run is resumed.
 """
 
@@ -31,6 +32,8 @@ SSLKIT = [sys.executable, "-m", "sslkit"]
 # Ablation variants: name -> (method, settings passed as --set). ORL Table 5(a); UniVIP Table 7 and 8(c)
 # (K = 0 is UniVIP's scene-only row: BYOL on overlapping views).
 VARIANTS = {
+    "byol-blur224": ("byol", {"blur_reference_size": 224}),
+    "byol-blur224-lr4x": ("byol", {"blur_reference_size": 224, "lr": 0.8}),
     "orl-intra": ("orl", {"inter_weight": 0}),
     "orl-inter": ("orl", {"intra_weight": 0}),
     "univip-k0": ("univip", {"num_instances": 0}),
@@ -76,6 +79,28 @@ def heldout_split(train: Path, val: Path, fraction: float, out: Path) -> tuple[P
     return paths
 
 
+def background_split(train: Path, val: Path, out: Path) -> tuple[Path, Path]:
+    """A diagnostic probe for demo scenes: which background photo a scene was composited on (the
+    images' ``background`` field; 15 photos for the Debian sources), as class-folder trees of
+    symlinks in OUT. Two views of a scene share its background, so this is what scene-level BYOL
+    can learn from these scenes without learning objects."""
+    trees = []
+    for split, path in (("train", train), ("val", val)):
+        root = out / "background" / split
+        data = json.loads(path.read_text())
+        image_root = coco_image_root(path)
+        for im in data["images"]:
+            if "background" not in im:
+                raise SystemExit(f"{path}: images have no 'background' field (not sslkit demo-data scenes)")
+            folder = root / im["background"].replace(":", "_").replace("/", "_").rsplit(".", 1)[0]
+            folder.mkdir(parents=True, exist_ok=True)
+            link = folder / Path(im["file_name"]).name
+            if not link.exists():
+                link.symlink_to((image_root / im["file_name"]).resolve())
+        trees.append(root)
+    return trees[0], trees[1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("bench-data"), help="demo-data folder (built if missing)")
@@ -90,7 +115,8 @@ def main() -> None:
     ap.add_argument("--probe-size", type=int, default=64, help="input side for the probes")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--probes", default="objects/linear,objects/knn,multilabel/linear",
-                    help="probes to run: TASK/PROTOCOL, comma-separated")
+                    help="probes to run: TASK/PROTOCOL, comma-separated; TASK: objects, multilabel, or "
+                         "background (diagnostic: the scene's background photo, demo-data scenes only)")
     ap.add_argument("--heldout", type=float, default=0.0,
                     help="also probe object crops of held-out cutouts (this fraction per category; 0: off)")
     args = ap.parse_args()
@@ -132,7 +158,7 @@ def main() -> None:
             m, kv = VARIANTS[m]
             sets = [a for k, v in kv.items() for a in ("--set", f"{k}={v}")]
         if m in ("byol", "simclr", "mocov2"):
-            weights[m] = tuple(map(str, pretrain(m, m)))
+            weights[name] = tuple(map(str, pretrain(name, m, *sets)))
         elif m in ("detcon-b", "detcon-s"):
             weights[m] = tuple(map(str, pretrain(m, m, "--masks", fh)))
         elif m in ("detcon-b-grid", "detcon-s-grid"):
@@ -155,9 +181,11 @@ def main() -> None:
         else:
             raise SystemExit(f"unknown method {m}")
 
-    metric_of = {"objects": "top1", "multilabel": "mAP"}
+    metric_of = {"objects": "top1", "multilabel": "mAP", "background": "top1"}
     probes = tuple((t, p, metric_of[t]) for t, p in (x.strip().split("/") for x in args.probes.split(",") if x.strip()))
     sets = {"objects": (train, val), "multilabel": (train, val)}
+    if any(t == "background" for t, _, _ in probes):
+        sets["background"] = background_split(train, val, out)
     if args.heldout > 0:
         sets["objects-unseen"] = heldout_split(train, val, args.heldout, out)
         image_root, val_root = (coco_image_root(p) for p in (train, val))
@@ -174,8 +202,9 @@ def main() -> None:
                 ptrain, pval = sets[task]
                 if task == "objects-unseen":  # the split files live in OUT, the images beside train.json
                     extra += ["--image-root", image_root, "--val-image-root", val_root]
-                sh("linprobe", w, *extra, "--train", ptrain, "--val", pval, "--task", task.split("-")[0],
-                   "--protocol", protocol,
+                if task != "background":  # class-folder trees need no --task
+                    extra += ["--task", task.split("-")[0]]
+                sh("linprobe", w, *extra, "--train", ptrain, "--val", pval, "--protocol", protocol,
                    "--image-size", args.probe_size, "-o", mfile, "-q", log=log)
             res[f"{task}/{protocol} {metric}"] = round(json.loads(mfile.read_text())["best"][metric], 2)  # percent
         rows.append(res)

@@ -50,6 +50,15 @@ $PY benchmarks/quality.py --data $Q --out "$OUT/qabl" --epochs 5 --arch resnet18
   --methods byol,orl,orl-intra,orl-inter,univip,univip-k2,univip-k0,univip-no-ot,univip-no-si \
   --probes objects/linear,objects/knn | tee "$OUT/qabl.md"
 
+echo "== BYOL's blur at 64 px (issue 4): the papers' pixels vs blur_reference_size=224, 15 and 30 epochs"
+mkdir -p "$OUT/qblur" "$OUT/qblur30"
+for f in props.h5 fh.h5 grid.h5; do cp -n "$OUT/q30/$f" "$OUT/qblur/"; cp -n "$OUT/q30/$f" "$OUT/qblur30/"; done
+BG=objects/linear,objects/knn,multilabel/linear,background/knn,background/linear
+$PY benchmarks/quality.py --data $Q --out "$OUT/qblur" --epochs 15 --arch resnet18 --image-size 64 --batch-size 64 \
+  --methods byol,byol-blur224,byol-blur224-lr4x --probes $BG | tee "$OUT/qblur.md"
+$PY benchmarks/quality.py --data $Q --out "$OUT/qblur30" --epochs 30 --arch resnet18 --image-size 64 --batch-size 64 \
+  --methods byol-blur224,byol-blur224-lr4x --heldout 0.3 --probes $BG | tee "$OUT/qblur30.md"
+
 echo "== detection transfer (issue 8): Mask R-CNN R18-FPN(64), 200 iterations, from each 30-epoch checkpoint"
 python3 - "$Q" <<'PY'
 import json, sys
