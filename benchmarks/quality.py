@@ -51,12 +51,12 @@ def sh(*args, log=None) -> float:
     return time.time() - t
 
 
-def coco_image_root(json_path: Path) -> Path:
-    """The folder sslkit finds a COCO json's images in."""
+def coco_image_root(json_path: Path, data: dict | None = None) -> Path:
+    """The folder sslkit finds a COCO json's images in (``data``: the json, if already loaded)."""
     from sslkit.io.images import resolve_image_root
 
-    names = [im["file_name"] for im in json.loads(json_path.read_text())["images"][:3]]
-    return resolve_image_root(json_path, names, None)
+    data = json.loads(json_path.read_text()) if data is None else data
+    return resolve_image_root(json_path, [im["file_name"] for im in data["images"][:3]], None)
 
 
 def heldout_split(train: Path, val: Path, fraction: float, out: Path) -> tuple[Path, Path]:
@@ -88,7 +88,7 @@ def background_split(train: Path, val: Path, out: Path) -> tuple[Path, Path]:
     for split, path in (("train", train), ("val", val)):
         root = out / "background" / split
         data = json.loads(path.read_text())
-        image_root = coco_image_root(path)
+        image_root = coco_image_root(path, data)
         for im in data["images"]:
             if "background" not in im:
                 raise SystemExit(f"{path}: images have no 'background' field (not sslkit demo-data scenes)")
@@ -157,12 +157,17 @@ def main() -> None:
         if m in VARIANTS:
             m, kv = VARIANTS[m]
             sets = [a for k, v in kv.items() for a in ("--set", f"{k}={v}")]
+
+        def run(method: str, *extra, name=name, sets=sets) -> tuple[Path, float]:
+            """This table row's pretraining run (its own folder, its variant's --set switches)."""
+            return pretrain(name, method, *extra, *sets)
+
         if m in ("byol", "simclr", "mocov2"):
-            weights[name] = tuple(map(str, pretrain(name, m, *sets)))
+            weights[name] = tuple(map(str, run(m)))
         elif m in ("detcon-b", "detcon-s"):
-            weights[m] = tuple(map(str, pretrain(m, m, "--masks", fh)))
+            weights[name] = tuple(map(str, run(m, "--masks", fh)))
         elif m in ("detcon-b-grid", "detcon-s-grid"):
-            weights[m] = tuple(map(str, pretrain(m, m[:-5], "--masks", grid)))
+            weights[name] = tuple(map(str, run(m[:-5], "--masks", grid)))
         elif m == "orl":
             stage1, t1 = weights.get("byol") or pretrain("byol", "byol")
             pairs = out / "orl_pairs.h5"
@@ -170,24 +175,23 @@ def main() -> None:
             if not pairs.exists():
                 t2 = sh("sample-views", train, "-m", "orl", "--proposals", props, "--ckpt", stage1, "-o", pairs,
                         "--image-size", args.image_size, "--roi-size", args.image_size, "-q", log=log)
-            ck, t3 = pretrain(name, "orl", "--views", pairs, "--set", f"patch_size={patch}", *sets)
+            ck, t3 = run("orl", "--views", pairs, "--set", f"patch_size={patch}")
             weights[name] = (str(ck), float(t1) + t2 + t3)
         elif m == "univip":
             cands = out / "univip_cands.h5"
             if not cands.exists():
                 sh("sample-views", train, "-m", "univip", "--proposals", props, "-o", cands, "-q", log=log)
-            weights[name] = tuple(map(str, pretrain(name, "univip", "--views", cands, "--set", f"instance_size={patch}",
-                                                    *sets)))
+            weights[name] = tuple(map(str, run("univip", "--views", cands, "--set", f"instance_size={patch}")))
         else:
             raise SystemExit(f"unknown method {m}")
 
     metric_of = {"objects": "top1", "multilabel": "mAP", "background": "top1"}
     probes = tuple((t, p, metric_of[t]) for t, p in (x.strip().split("/") for x in args.probes.split(",") if x.strip()))
-    sets = {"objects": (train, val), "multilabel": (train, val)}
+    splits = {"objects": (train, val), "multilabel": (train, val)}
     if any(t == "background" for t, _, _ in probes):
-        sets["background"] = background_split(train, val, out)
+        splits["background"] = background_split(train, val, out)
     if args.heldout > 0:
-        sets["objects-unseen"] = heldout_split(train, val, args.heldout, out)
+        splits["objects-unseen"] = heldout_split(train, val, args.heldout, out)
         image_root, val_root = (coco_image_root(p) for p in (train, val))
         probes += (("objects-unseen", "linear", "top1"), ("objects-unseen", "knn", "top1"))
     rows = []
@@ -199,7 +203,7 @@ def main() -> None:
                 extra = ["--arch", args.arch] if w == "random" else []
                 if protocol == "linear":
                     extra += ["--solver", "lbfgs"]
-                ptrain, pval = sets[task]
+                ptrain, pval = splits[task]
                 if task == "objects-unseen":  # the split files live in OUT, the images beside train.json
                     extra += ["--image-root", image_root, "--val-image-root", val_root]
                 if task != "background":  # class-folder trees need no --task

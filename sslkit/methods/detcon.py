@@ -82,7 +82,8 @@ class _DetCon(Method):
     def make_transform(cls, cfg: dict):
         from sslkit.views.detcon import DetConViews
 
-        return DetConViews(scale_blur(cls.view_augs(cfg["image_size"]), cfg["blur_reference_size"]), cfg["num_masks"], keep_labels=cfg["mask_pool"] == "soft")
+        views = scale_blur(cls.view_augs(cfg["image_size"]), cfg["blur_reference_size"])
+        return DetConViews(views, cfg["num_masks"], keep_labels=cfg["mask_pool"] == "soft")
 
     @classmethod
     def make_dataset(cls, cfg: dict, source):
