@@ -160,3 +160,32 @@ def test_cli(tmp_path):
     p = subprocess.run([sys.executable, "-m", "sslkit", "demo-data", str(out), "--sources", "apt"],
                        capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.strip() == "error: unknown --sources 'apt' — use auto, debian or pip"
+
+
+def test_object_count_and_size_options(tiny, tmp_path):
+    # the defaults, spelled out, build the very same files and leave params as before the options existed
+    same = tmp_path / "same"
+    build_demo(same, seed=3, objects=(2, 6), object_size=(0.05, 0.65), **TINY)
+    assert (same / "annotations.json").read_bytes() == (tiny / "annotations.json").read_bytes()
+    assert "objects" not in _load(tiny / "annotations.json")["info"]["params"]
+
+    big = tmp_path / "big"
+    build_demo(big, seed=3, objects=(5, 5), object_size=(0.4, 0.5), **{**TINY, "sources": "pip"})
+    coco = _check_dataset(big)
+    assert coco["info"]["params"]["objects"] == [5, 5] and coco["info"]["params"]["object_size"] == [0.4, 0.5]
+    per_image = [sum(a["image_id"] == im["id"] for a in coco["annotations"]) for im in coco["images"]]
+    assert max(per_image) <= 5 and sum(per_image) > 2 * len(per_image)
+    # a visible box is at most the pasted object's size: longer side <= 0.5 x the scene's shorter side (+1 px rounding)
+    short = {im["id"]: min(im["height"], im["width"]) for im in coco["images"]}
+    assert all(max(a["bbox"][2:]) <= 0.5 * short[a["image_id"]] + 1 for a in coco["annotations"])
+    assert max(max(a["bbox"][2:]) / short[a["image_id"]] for a in coco["annotations"]) > 0.3
+    # changing an object range makes an existing build out of date
+    assert build_demo(big, seed=3, objects=(5, 5), object_size=(0.4, 0.6),
+                      **{**TINY, "sources": "pip"})["up_to_date"] is False
+
+    for flags, msg in ((["--min-objects", "3", "--max-objects", "2"], "need 1 ≤ --min-objects ≤ --max-objects"),
+                       (["--max-object-size", "1.5"], "need 0 < --min-object-size ≤ --max-object-size ≤ 1")):
+        p = subprocess.run([sys.executable, "-m", "sslkit", "demo-data", str(tmp_path / "bad"), *flags],
+                           capture_output=True, text=True)
+        assert p.returncode == 2 and p.stderr.startswith(f"error: {msg}"), p.stderr
+        assert not (tmp_path / "bad").exists()

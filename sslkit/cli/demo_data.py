@@ -18,7 +18,8 @@ HELP = (
     "Writes OUT/images/*.jpg, OUT/annotations.json, OUT/train.json and OUT/val.json. The same --seed "
     "gives the same files; an OUT built with the same parameters is left as it is (--force rebuilds).\n\n"
     "Presets: demo (200 scenes, sides 160-256 px) and bench (240 scenes, sides 480-640 px); --n, "
-    "--min-side and --max-side override them.\n\n"
+    "--min-side and --max-side override them. Each scene gets 2-6 objects whose longer side is 5-65% of "
+    "the scene's shorter side; --min/--max-objects and --min/--max-object-size change that.\n\n"
     "Example:  sslkit demo-data demo        sslkit demo-data bench --preset bench"
 )
 
@@ -31,6 +32,12 @@ def register(app: typer.Typer) -> None:
         n: int = typer.Option(None, "--n", help="Number of scenes (preset: 200 demo, 240 bench)."),
         min_side: int = typer.Option(None, "--min-side", help="Shortest image side in px (preset: 160 demo, 480 bench)."),
         max_side: int = typer.Option(None, "--max-side", help="Longest image side in px (preset: 256 demo, 640 bench)."),
+        min_objects: int = typer.Option(2, "--min-objects", help="Fewest objects tried per scene."),
+        max_objects: int = typer.Option(6, "--max-objects", help="Most objects tried per scene (an object that "
+                                        "cannot be placed visibly is left out)."),
+        min_object_size: float = typer.Option(0.05, "--min-object-size", help="Smallest object: its longer side "
+                                              "as a fraction of the scene's shorter side (log-uniform)."),
+        max_object_size: float = typer.Option(0.65, "--max-object-size", help="Largest object, the same way."),
         seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
         val_fraction: float = typer.Option(0.2, "--val-fraction", help="Fraction of scenes in val.json."),
         sources: str = typer.Option("auto", "--sources",
@@ -49,7 +56,8 @@ def register(app: typer.Typer) -> None:
         summary = build_demo(
             out, n=size["n"] if n is None else n, min_side=size["min_side"] if min_side is None else min_side,
             max_side=size["max_side"] if max_side is None else max_side, seed=seed, val_fraction=val_fraction,
-            sources=sources, cache=cache, force=force, quiet=quiet,
+            sources=sources, cache=cache, force=force, quiet=quiet, objects=(min_objects, max_objects),
+            object_size=(min_object_size, max_object_size),
         )
         if as_json:
             print_json(summary)

@@ -3,7 +3,9 @@
 Each scene is a random crop of a background photo, resized to a random size
 (each side between ``min_side`` and ``max_side``), with 2–6 object cutouts (a
 uniformly drawn category, then a uniformly drawn cutout of it) pasted at
-random scale, position and horizontal flip, alpha-blended.  Later pastes
+random scale (longer side 5–65% of the scene's shorter side, log-uniform;
+``objects`` and ``object_size`` change both ranges), position and horizontal
+flip, alpha-blended.  Later pastes
 occlude earlier ones; a placement is only accepted when every object in the
 scene, the new one included, keeps at least :data:`MIN_VISIBLE` of its pixels
 and a box of at least :data:`MIN_BOX_SIDE` pixels per side (otherwise the
@@ -17,8 +19,8 @@ Output (a COCO instances dataset)::
     OUT/annotations.json        all scenes
     OUT/train.json, val.json    a random split by ``val_fraction``
 
-The build is deterministic: scene *i* depends only on ``seed``, *i* and the
-size parameters (not on ``n``), so the same parameters give the same bytes on
+The build is deterministic: scene *i* depends only on ``seed``, *i*, the
+size parameters and the object ranges (not on ``n``), so the same parameters give the same bytes on
 the same installation.  It is written into a temporary folder beside OUT and
 renamed into place at the end; an OUT built with the same parameters is left
 alone ("up to date") unless ``force``.
@@ -83,18 +85,28 @@ def _log(quiet: bool):
 
 def build_demo(out: str | os.PathLike, n: int = 200, min_side: int = 160, max_side: int = 256, seed: int = 0,
                val_fraction: float = 0.2, sources: str = "auto", cache: str | os.PathLike | None = None,
-               force: bool = False, quiet: bool = False) -> dict:
+               force: bool = False, quiet: bool = False, objects: tuple[int, int] = OBJECTS_PER_SCENE,
+               object_size: tuple[float, float] = OBJECT_SIZE) -> dict:
     """Build the demo scene dataset into ``out``; returns a summary dict.
 
     ``sources`` is ``auto`` (Debian packages, else pip wheels), ``debian`` or
     ``pip``; ``cache`` is where the Debian packages are unpacked (default
-    ``$SSLKIT_CACHE`` or ``~/.cache/sslkit/sources``).
+    ``$SSLKIT_CACHE`` or ``~/.cache/sslkit/sources``).  ``objects`` is the
+    (min, max) number of objects tried per scene, ``object_size`` the (min, max)
+    longer side of a pasted object as a fraction of the scene's shorter side.
     """
     out = Path(out)
+    objects, object_size = (int(objects[0]), int(objects[1])), (float(object_size[0]), float(object_size[1]))
     _check_params(n, min_side, max_side, seed, val_fraction, sources)
+    _check_objects(objects, object_size)
     log = _log(quiet)
     params = {"n": n, "min_side": min_side, "max_side": max_side, "seed": seed, "val_fraction": val_fraction,
               "sources": sources, "dataset_version": DATASET_VERSION}
+    # recorded only when changed, so that builds made before these options existed stay up to date
+    if objects != OBJECTS_PER_SCENE:
+        params["objects"] = list(objects)
+    if object_size != OBJECT_SIZE:
+        params["object_size"] = list(object_size)
     existing = _existing_params(out)
     if existing == params and not force:
         coco = json.loads((out / "annotations.json").read_text())
@@ -110,7 +122,7 @@ def build_demo(out: str | os.PathLike, n: int = 200, min_side: int = 160, max_si
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling_dir(out, "tmp")
     try:
-        coco = _render(tmp, src, n, min_side, max_side, seed, quiet)
+        coco = _render(tmp, src, n, min_side, max_side, seed, quiet, objects, object_size)
         coco["info"] = _info(src, params)
         n_val = _write_jsons(tmp, coco, val_fraction, seed)
         _replace(tmp, out)
@@ -135,6 +147,14 @@ def _check_params(n: int, min_side: int, max_side: int, seed: int, val_fraction:
         raise UserError(f"--val-fraction must be in [0, 1) (got {val_fraction})")
     if sources not in ("auto", "debian", "pip"):
         raise UserError(f"unknown --sources {sources!r}", None, "use auto, debian or pip")
+
+
+def _check_objects(objects: tuple[int, int], object_size: tuple[float, float]) -> None:
+    if not 1 <= objects[0] <= objects[1]:
+        raise UserError(f"need 1 ≤ --min-objects ≤ --max-objects (got {objects[0]} and {objects[1]})")
+    if not 0.0 < object_size[0] <= object_size[1] <= 1.0:
+        raise UserError("need 0 < --min-object-size ≤ --max-object-size ≤ 1 "
+                        f"(got {object_size[0]:g} and {object_size[1]:g})")
 
 
 def _existing_params(out: Path) -> dict | None:
@@ -162,7 +182,8 @@ def _info(src: SourceSet, params: dict) -> dict:
     }
 
 
-def _render(folder: Path, src: SourceSet, n: int, min_side: int, max_side: int, seed: int, quiet: bool) -> dict:
+def _render(folder: Path, src: SourceSet, n: int, min_side: int, max_side: int, seed: int, quiet: bool,
+            objects: tuple[int, int] = OBJECTS_PER_SCENE, object_size: tuple[float, float] = OBJECT_SIZE) -> dict:
     """Compose ``n`` scenes into ``folder/images``; returns the COCO dict without ``info``."""
     import cv2
     from pycocotools import mask as mask_utils
@@ -189,10 +210,10 @@ def _render(folder: Path, src: SourceSet, n: int, min_side: int, max_side: int, 
             bg = src.backgrounds[int(rng.integers(len(src.backgrounds)))]
             canvas = _background(rng, load(bg), h, w)
             instances: list[_Instance] = []
-            for _ in range(int(rng.integers(OBJECTS_PER_SCENE[0], OBJECTS_PER_SCENE[1] + 1))):
+            for _ in range(int(rng.integers(objects[0], objects[1] + 1))):
                 category = names[int(rng.integers(len(names)))]
                 cutout = by_category[category][int(rng.integers(len(by_category[category])))]
-                _paste(rng, canvas, instances, cutout, load(cutout))
+                _paste(rng, canvas, instances, cutout, load(cutout), object_size)
             image_id = i + 1
             file_name = f"{image_id:06d}.jpg"
             ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(canvas[..., ::-1]),
@@ -246,12 +267,13 @@ def _visible_enough(mask: np.ndarray, full_area: int) -> bool:
 
 
 def _paste(rng: np.random.Generator, canvas: np.ndarray, instances: list[_Instance], cutout: Photo,
-           rgba: np.ndarray) -> None:
+           rgba: np.ndarray, object_size: tuple[float, float] = OBJECT_SIZE) -> None:
     """Alpha-blend ``rgba`` onto ``canvas`` at a random scale, flip and place, if one keeps every object visible."""
     h, w = canvas.shape[:2]
     oh, ow = rgba.shape[:2]
     short = min(h, w)
-    lo, hi = np.log(max(OBJECT_SIZE[0] * short, MIN_OBJECT_SIDE)), np.log(OBJECT_SIZE[1] * short)
+    hi = np.log(max(object_size[1] * short, MIN_OBJECT_SIDE))
+    lo = min(np.log(max(object_size[0] * short, MIN_OBJECT_SIDE)), hi)
     scale = float(np.exp(rng.uniform(lo, hi))) / max(oh, ow)
     sw, sh = max(1, round(ow * scale)), max(1, round(oh * scale))
     premultiplied = rgba.astype(np.float32) / 255.0
