@@ -12,7 +12,8 @@ Methods: byol, simclr, mocov2, detcon-b, detcon-s (FH masks), detcon-b-grid, det
 univip, and the variants of VARIANTS (byol-blur224, byol-blur224-lr4x, orl-intra, orl-inter,
 univip-k0, univip-k2, univip-no-ot, univip-no-si). ``--heldout F`` adds object probes on cutouts the
 probe never trained on; ``--probes`` picks the probes (``background/...``: a diagnostic on demo-data
-scenes, which background photo a scene was built on). Finished runs (RUN/time.json) and probes are reused; an
+scenes, which background photo a scene was built on); ``--probe-epochs`` also probes epoch checkpoints of
+the image-level runs. Proposals are made only for the methods that need them. Finished runs (RUN/time.json) and probes are reused; an
 interrupted pretraining run is resumed.
 """
 
@@ -117,6 +118,9 @@ def main() -> None:
     ap.add_argument("--probes", default="objects/linear,objects/knn,multilabel/linear",
                     help="probes to run: TASK/PROTOCOL, comma-separated; TASK: objects, multilabel, or "
                          "background (diagnostic: the scene's background photo, demo-data scenes only)")
+    ap.add_argument("--probe-epochs", default="",
+                    help="also probe these epoch checkpoints of each image-level run (comma-separated, e.g. 30,100; "
+                         "mid-schedule weights, not shorter runs); keeps every epoch checkpoint")
     ap.add_argument("--heldout", type=float, default=0.0,
                     help="also probe object crops of held-out cutouts (this fraction per category; 0: off)")
     args = ap.parse_args()
@@ -128,17 +132,25 @@ def main() -> None:
     if not (data / "train.json").exists():
         sh("demo-data", data, "--preset", args.preset, "--quiet", log=log)
     train, val = data / "train.json", data / "val.json"
+    probe_epochs = [int(e) for e in args.probe_epochs.split(",") if e.strip()]
+    if any(not 0 < e < args.epochs for e in probe_epochs):
+        raise SystemExit(f"--probe-epochs must lie between 1 and {args.epochs - 1} (the last epoch is the run itself)")
     common = ["--arch", args.arch, "--image-size", args.image_size, "--batch-size", args.batch_size,
               "--epochs", args.epochs, "--warmup-epochs", 1, "--workers", args.workers, "-q", "--no-tensorboard"]
     if args.lr is not None:
         common += ["--lr", args.lr]
+    if probe_epochs:
+        common += ["--keep-last", 0]
     small_heads = ["--set", "proj_hidden_dim=1024"]
     # ORL's patches and UniVIP's instances keep the papers' 96:224 ratio to the scene views (min 32 px)
     patch = max(32, round(args.image_size * 96 / 224))
-    props, fh, grid = out / "props.h5", out / "fh.h5", out / "grid.h5"
-    for path, algo in ((props, "selective-search"), (fh, "felzenszwalb"), (grid, "grid")):
+
+    def proposals(algo: str) -> Path:
+        """OUT/<file>.h5 of ``sslkit propose --algo ALGO`` on the training scenes, made when first needed."""
+        path = out / {"selective-search": "props.h5", "felzenszwalb": "fh.h5", "grid": "grid.h5"}[algo]
         if not path.exists():
             sh("propose", train, "--algo", algo, "-o", path, "-q", log=log)
+        return path
 
     def pretrain(name: str, method: str, *extra) -> tuple[Path, float]:
         run = out / name
@@ -163,24 +175,33 @@ def main() -> None:
             return pretrain(name, method, *extra, *sets)
 
         if m in ("byol", "simclr", "mocov2"):
-            weights[name] = tuple(map(str, run(m)))
+            ck, secs = run(m)
+            for e in probe_epochs:  # mid-schedule checkpoints of the same run; their time is a share of the run's
+                epoch_ck = ck.parent / f"epoch_{e:04d}.pth"
+                if not epoch_ck.exists():
+                    raise SystemExit(f"{epoch_ck}: missing (the run was made without --probe-epochs); delete "
+                                     f"{ck.parent} to pretrain it again")
+                weights[f"{name} @ epoch {e}"] = (str(epoch_ck), secs * e / args.epochs)
+            weights[name] = (str(ck), secs)
         elif m in ("detcon-b", "detcon-s"):
-            weights[name] = tuple(map(str, run(m, "--masks", fh)))
+            weights[name] = tuple(map(str, run(m, "--masks", proposals("felzenszwalb"))))
         elif m in ("detcon-b-grid", "detcon-s-grid"):
-            weights[name] = tuple(map(str, run(m[:-5], "--masks", grid)))
+            weights[name] = tuple(map(str, run(m[:-5], "--masks", proposals("grid"))))
         elif m == "orl":
             stage1, t1 = weights.get("byol") or pretrain("byol", "byol")
             pairs = out / "orl_pairs.h5"
             t2 = 0.0
             if not pairs.exists():
-                t2 = sh("sample-views", train, "-m", "orl", "--proposals", props, "--ckpt", stage1, "-o", pairs,
+                t2 = sh("sample-views", train, "-m", "orl", "--proposals", proposals("selective-search"),
+                        "--ckpt", stage1, "-o", pairs,
                         "--image-size", args.image_size, "--roi-size", args.image_size, "-q", log=log)
             ck, t3 = run("orl", "--views", pairs, "--set", f"patch_size={patch}")
             weights[name] = (str(ck), float(t1) + t2 + t3)
         elif m == "univip":
             cands = out / "univip_cands.h5"
             if not cands.exists():
-                sh("sample-views", train, "-m", "univip", "--proposals", props, "-o", cands, "-q", log=log)
+                sh("sample-views", train, "-m", "univip", "--proposals", proposals("selective-search"), "-o", cands,
+                   "-q", log=log)
             weights[name] = tuple(map(str, run("univip", "--views", cands, "--set", f"instance_size={patch}")))
         else:
             raise SystemExit(f"unknown method {m}")
@@ -198,7 +219,7 @@ def main() -> None:
     for name, (w, secs) in weights.items():
         res = {"method": name, "pretrain_s": round(float(secs), 1)}
         for task, protocol, metric in probes:
-            mfile = out / f"probe_{name}_{task}_{protocol}.json"
+            mfile = out / f"probe_{name.replace(' @ epoch ', '_e')}_{task}_{protocol}.json"
             if not mfile.exists():
                 extra = ["--arch", args.arch] if w == "random" else []
                 if protocol == "linear":

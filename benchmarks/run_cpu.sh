@@ -60,12 +60,18 @@ $PY benchmarks/quality.py --data $Q --out "$OUT/qblur30" --epochs 30 --arch resn
   --methods byol-blur224,byol-blur224-lr4x --heldout 0.3 --probes $BG | tee "$OUT/qblur30.md"
 
 echo "== BYOL with a narrow ResNet (issue 4): 30 and 150 epochs, resnet_tiny (widths 16-128)"
-for n in qtiny qtiny150; do mkdir -p "$OUT/$n"; for f in props.h5 fh.h5 grid.h5; do cp -n "$OUT/q30/$f" "$OUT/$n/"; done; done
 TINY=objects/linear,objects/knn,multilabel/linear,background/knn
 $PY benchmarks/quality.py --data $Q --out "$OUT/qtiny" --epochs 30 --arch resnet_tiny --image-size 64 --batch-size 64 \
   --methods byol --heldout 0.3 --probes $TINY | tee "$OUT/qtiny.md"
 $PY benchmarks/quality.py --data $Q --out "$OUT/qtiny150" --epochs 150 --arch resnet_tiny --image-size 64 --batch-size 64 \
-  --methods byol --heldout 0.3 --probes $TINY | tee "$OUT/qtiny150.md"
+  --methods byol --probe-epochs 50,100 --heldout 0.3 --probes $TINY | tee "$OUT/qtiny150.md"
+
+echo "== the same on scenes with more and larger objects (3-8 objects, 20-75% of the shorter side)"
+QB=bench-quality-big
+[ -f $QB/train.json ] || $SS demo-data $QB --n 1500 --min-side 160 --max-side 224 --seed 1 --min-objects 3 \
+  --max-objects 8 --min-object-size 0.2 --max-object-size 0.75 --quiet
+$PY benchmarks/quality.py --data $QB --out "$OUT/qbig" --epochs 150 --arch resnet_tiny --image-size 64 --batch-size 64 \
+  --methods byol --probe-epochs 30 --heldout 0.3 --probes $TINY | tee "$OUT/qbig.md"
 
 echo "== detection transfer (issue 8): Mask R-CNN R18-FPN(64), 200 iterations, from each 30-epoch checkpoint"
 python3 - "$Q" <<'PY'
