@@ -72,6 +72,8 @@ QB=bench-quality-big
   --max-objects 8 --min-object-size 0.2 --max-object-size 0.75 --quiet
 $PY benchmarks/quality.py --data $QB --out "$OUT/qbig" --epochs 150 --arch resnet_tiny --image-size 64 --batch-size 64 \
   --methods byol --probe-epochs 30 --heldout 0.3 --probes $TINY | tee "$OUT/qbig.md"
+$PY benchmarks/quality.py --data $QB --out "$OUT/qbig18" --epochs 30 --arch resnet18 --image-size 64 --batch-size 64 \
+  --methods byol --heldout 0.3 --probes $TINY | tee "$OUT/qbig18.md"
 
 echo "== detection transfer (issue 8): Mask R-CNN R18-FPN(64), 200 iterations, from each 30-epoch checkpoint"
 python3 - "$Q" <<'PY'
