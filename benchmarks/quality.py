@@ -157,7 +157,7 @@ def main() -> None:
         ck, done = run / "last.pth", run / "time.json"
         if done.exists():  # finished; an interrupted run (last.pth only) is resumed by `sslkit pretrain`
             return ck, json.loads(done.read_text())["seconds"]
-        heads = small_heads + (["--set", "pred_hidden_dim=1024"] if method != "simclr" and method != "detcon-s" else [])
+        heads = small_heads + (["--set", "pred_hidden_dim=1024"] if method not in ("simclr", "mocov2", "detcon-s") else [])
         secs = sh("pretrain", train, "-m", method, "-o", run, *common, *heads, *extra, log=log)
         done.write_text(json.dumps({"seconds": secs}))
         return ck, secs
