@@ -157,7 +157,10 @@ def main() -> None:
         ck, done = run / "last.pth", run / "time.json"
         if done.exists():  # finished; an interrupted run (last.pth only) is resumed by `sslkit pretrain`
             return ck, json.loads(done.read_text())["seconds"]
-        heads = small_heads + (["--set", "pred_hidden_dim=1024"] if method not in ("simclr", "mocov2", "detcon-s") else [])
+        from sslkit.methods import get_method
+
+        has_predictor = "pred_hidden_dim" in get_method(method).DEFAULTS
+        heads = small_heads + (["--set", "pred_hidden_dim=1024"] if has_predictor else [])
         secs = sh("pretrain", train, "-m", method, "-o", run, *common, *heads, *extra, log=log)
         done.write_text(json.dumps({"seconds": secs}))
         return ck, secs

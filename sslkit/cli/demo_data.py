@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from sslkit.cli.common import print_json
+from sslkit.datasets.demo import OBJECT_SIZE, OBJECTS_PER_SCENE
 from sslkit.errors import UserError
 
 HELP = (
@@ -18,8 +19,10 @@ HELP = (
     "Writes OUT/images/*.jpg, OUT/annotations.json, OUT/train.json and OUT/val.json. The same --seed "
     "gives the same files; an OUT built with the same parameters is left as it is (--force rebuilds).\n\n"
     "Presets: demo (200 scenes, sides 160-256 px) and bench (240 scenes, sides 480-640 px); --n, "
-    "--min-side and --max-side override them. Each scene gets 2-6 objects whose longer side is 5-65% of "
-    "the scene's shorter side; --min/--max-objects and --min/--max-object-size change that.\n\n"
+    "--min-side and --max-side override them. Each scene gets "
+    f"{OBJECTS_PER_SCENE[0]}-{OBJECTS_PER_SCENE[1]} objects whose longer side is "
+    f"{OBJECT_SIZE[0]:.0%}-{OBJECT_SIZE[1]:.0%} of the scene's shorter side; --min/--max-objects and "
+    "--min/--max-object-size change that.\n\n"
     "Example:  sslkit demo-data demo        sslkit demo-data bench --preset bench"
 )
 
@@ -32,12 +35,12 @@ def register(app: typer.Typer) -> None:
         n: int = typer.Option(None, "--n", help="Number of scenes (preset: 200 demo, 240 bench)."),
         min_side: int = typer.Option(None, "--min-side", help="Shortest image side in px (preset: 160 demo, 480 bench)."),
         max_side: int = typer.Option(None, "--max-side", help="Longest image side in px (preset: 256 demo, 640 bench)."),
-        min_objects: int = typer.Option(2, "--min-objects", help="Fewest objects tried per scene."),
-        max_objects: int = typer.Option(6, "--max-objects", help="Most objects tried per scene (an object that "
+        min_objects: int = typer.Option(OBJECTS_PER_SCENE[0], "--min-objects", help="Fewest objects tried per scene."),
+        max_objects: int = typer.Option(OBJECTS_PER_SCENE[1], "--max-objects", help="Most objects tried per scene (an object that "
                                         "cannot be placed visibly is left out)."),
-        min_object_size: float = typer.Option(0.05, "--min-object-size", help="Smallest object: its longer side "
+        min_object_size: float = typer.Option(OBJECT_SIZE[0], "--min-object-size", help="Smallest object: its longer side "
                                               "as a fraction of the scene's shorter side (log-uniform)."),
-        max_object_size: float = typer.Option(0.65, "--max-object-size", help="Largest object, the same way."),
+        max_object_size: float = typer.Option(OBJECT_SIZE[1], "--max-object-size", help="Largest object, the same way."),
         seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
         val_fraction: float = typer.Option(0.2, "--val-fraction", help="Fraction of scenes in val.json."),
         sources: str = typer.Option("auto", "--sources",

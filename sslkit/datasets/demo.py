@@ -183,7 +183,7 @@ def _info(src: SourceSet, params: dict) -> dict:
 
 
 def _render(folder: Path, src: SourceSet, n: int, min_side: int, max_side: int, seed: int, quiet: bool,
-            objects: tuple[int, int] = OBJECTS_PER_SCENE, object_size: tuple[float, float] = OBJECT_SIZE) -> dict:
+            objects: tuple[int, int], object_size: tuple[float, float]) -> dict:
     """Compose ``n`` scenes into ``folder/images``; returns the COCO dict without ``info``."""
     import cv2
     from pycocotools import mask as mask_utils
@@ -267,7 +267,7 @@ def _visible_enough(mask: np.ndarray, full_area: int) -> bool:
 
 
 def _paste(rng: np.random.Generator, canvas: np.ndarray, instances: list[_Instance], cutout: Photo,
-           rgba: np.ndarray, object_size: tuple[float, float] = OBJECT_SIZE) -> None:
+           rgba: np.ndarray, object_size: tuple[float, float]) -> None:
     """Alpha-blend ``rgba`` onto ``canvas`` at a random scale, flip and place, if one keeps every object visible."""
     h, w = canvas.shape[:2]
     oh, ow = rgba.shape[:2]
