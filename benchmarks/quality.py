@@ -13,7 +13,8 @@ univip, and the variants of VARIANTS (byol-blur224, byol-blur224-lr4x, orl-intra
 univip-k0, univip-k2, univip-no-ot, univip-no-si). ``--heldout F`` adds object probes on cutouts the
 probe never trained on; ``--probes`` picks the probes (``background/...``: a diagnostic on demo-data
 scenes, which background photo a scene was built on); ``--probe-epochs`` also probes epoch checkpoints of
-the image-level runs. Proposals are made only for the methods that need them. Finished runs (RUN/time.json) and probes are reused; an
+the image-level runs; ``--set KEY=VALUE`` passes a pretraining setting to every run and ``--seed`` seeds
+the runs, the probes and the random init (``benchmarks/seeds.py`` summarises runs over seeds). Proposals are made only for the methods that need them. Finished runs (RUN/time.json) and probes are reused; an
 interrupted pretraining run is resumed.
 """
 
@@ -113,6 +114,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--lr", type=float, default=None, help="base lr for every method (default: each method's)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a pretraining setting for every run (repeatable), e.g. --set optimizer=lars")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of every pretraining run and probe (and of the random-init weights)")
     ap.add_argument("--probe-size", type=int, default=64, help="input side for the probes")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--probes", default="objects/linear,objects/knn,multilabel/linear",
@@ -136,9 +141,11 @@ def main() -> None:
     if any(not 0 < e < args.epochs for e in probe_epochs):
         raise SystemExit(f"--probe-epochs must lie between 1 and {args.epochs - 1} (the last epoch is the run itself)")
     common = ["--arch", args.arch, "--image-size", args.image_size, "--batch-size", args.batch_size,
-              "--epochs", args.epochs, "--warmup-epochs", 1, "--workers", args.workers, "-q", "--no-tensorboard"]
+              "--epochs", args.epochs, "--warmup-epochs", 1, "--workers", args.workers, "-q", "--no-tensorboard",
+              "--seed", args.seed]
     if args.lr is not None:
         common += ["--lr", args.lr]
+    common += [a for kv in args.set for a in ("--set", kv)]
     if probe_epochs:
         common += ["--keep-last", 0]
     small_heads = ["--set", "proj_hidden_dim=1024"]
@@ -233,7 +240,7 @@ def main() -> None:
                 if task != "background":  # class-folder trees need no --task
                     extra += ["--task", task.split("-")[0]]
                 sh("linprobe", w, *extra, "--train", ptrain, "--val", pval, "--protocol", protocol,
-                   "--image-size", args.probe_size, "-o", mfile, "-q", log=log)
+                   "--image-size", args.probe_size, "--seed", args.seed, "-o", mfile, "-q", log=log)
             res[f"{task}/{protocol} {metric}"] = round(json.loads(mfile.read_text())["best"][metric], 2)  # percent
         rows.append(res)
     cols = list(rows[0])
