@@ -75,6 +75,32 @@ $PY benchmarks/quality.py --data $QB --out "$OUT/qbig" --epochs 150 --arch resne
 $PY benchmarks/quality.py --data $QB --out "$OUT/qbig18" --epochs 30 --arch resnet18 --image-size 64 --batch-size 64 \
   --methods byol --heldout 0.3 --probes $TINY | tee "$OUT/qbig18.md"
 
+echo "== four seeds on the larger-object scenes; EMA momentum and contrastive rows; object-centric scenes (issue 4)"
+Q3=objects/linear,objects/knn,multilabel/linear
+TQ="--arch resnet_tiny --image-size 64 --batch-size 64"
+for s in 0 1 2 3; do
+  $PY benchmarks/quality.py --data $QB --out "$OUT/qbig-s$s" --epochs 30 $TQ --methods byol,simclr --heldout 0.3 \
+    --seed $s --probes $Q3 | tee "$OUT/qbig-s$s.md"
+done
+$PY benchmarks/seeds.py "$OUT"/qbig-s{0,1,2,3} | tee "$OUT/qbig-seeds.md"
+$PY benchmarks/quality.py --data $Q --out "$OUT/qtau96" --epochs 30 $TQ --methods byol --probes $Q3 \
+  --set ema_momentum=0.96 | tee "$OUT/qtau96.md"
+$PY benchmarks/quality.py --data $Q --out "$OUT/qtau90" --epochs 30 $TQ --methods byol --probes $Q3 \
+  --set ema_momentum=0.9 | tee "$OUT/qtau90.md"
+$PY benchmarks/quality.py --data $Q --out "$OUT/qlr1" --epochs 30 $TQ --methods byol --probes $Q3 --lr 1.0 \
+  | tee "$OUT/qlr1.md"
+$PY benchmarks/quality.py --data $Q --out "$OUT/qcontrast" --epochs 30 $TQ --methods simclr,mocov2 --probes $Q3 \
+  | tee "$OUT/qcontrast.md"
+QO=bench-quality-oc
+[ -f $QO/train.json ] || $SS demo-data $QO --n 1500 --min-side 160 --max-side 224 --seed 1 --min-objects 1 \
+  --max-objects 2 --min-object-size 0.5 --max-object-size 0.9 --quiet
+$PY benchmarks/quality.py --data $QO --out "$OUT/qoc" --epochs 30 $TQ --methods byol,simclr,mocov2 --probes $Q3 \
+  | tee "$OUT/qoc.md"
+$PY benchmarks/quality.py --data $QO --out "$OUT/qoc150" --epochs 150 $TQ --methods byol --probe-epochs 30,90 \
+  --heldout 0.3 --probes $Q3 | tee "$OUT/qoc150.md"
+$PY benchmarks/quality.py --data $QO --out "$OUT/qoc150-tau96" --epochs 150 $TQ --methods byol --probe-epochs 30,90 \
+  --heldout 0.3 --probes $Q3 --set ema_momentum=0.96 | tee "$OUT/qoc150-tau96.md"
+
 echo "== detection transfer (issue 8): Mask R-CNN R18-FPN(64), 200 iterations, from each 30-epoch checkpoint"
 python3 - "$Q" <<'PY'
 import json, sys
