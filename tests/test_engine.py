@@ -405,6 +405,39 @@ def test_blur_reference_size_rescales_every_views_blur(method):
         C.validate(C.resolve(cls, [("flags", {"blur_reference_size": 0})]))
 
 
+def test_view_aug_overrides_every_view_or_one_and_rejects_bad_items():
+    from sslkit.transforms import parse_view_aug, tune_views
+
+    v1, v2 = tune_views(byol_views(64), None, "saturation=0.8, hue=0.2 2.solarize_p=0 crop_scale=0.2:1 1.blur_p=0.5")
+    assert (v1.saturation, v2.saturation, v1.hue, v2.hue) == (0.8, 0.8, 0.2, 0.2)
+    assert (v1.solarize_p, v2.solarize_p, v1.blur_p, v2.blur_p) == (0.0, 0.0, 0.5, 0.1)  # BYOL: v2 solarizes 0.2
+    assert v1.crop_scale == v2.crop_scale == (0.2, 1.0) and v1.size == v2.size == 64
+    v1, v2 = tune_views(byol_views(64), None, "blur_p=0.3 2.blur_p=0.0")  # a view's own item wins
+    assert (v1.blur_p, v2.blur_p) == (0.3, 0.0)
+    assert tune_views(byol_views(64), None, None) == byol_views(64) == tune_views(byol_views(64), None, " ")
+    for bad, msg in [("satur=1", "did you mean saturation"), ("hue=0.9", "hue must be a number in [0.0, 0.5]"),
+                     ("crop_scale=0.5:0.2", "crop_scale must be LO:HI"), ("blur_p", "is not [1.|2.]FIELD=VALUE"),
+                     ("size=32", "unknown view field 'size'"), ("interpolation=cubic", "one of bilinear, bicubic"),
+                     ("3.flip_p=0", "unknown view field '3.flip_p'"), ("jitter_p=x", "jitter_p must be a number")]:
+        with pytest.raises(ValueError) as e:
+            parse_view_aug(bad)
+        assert msg in str(e.value), (bad, str(e.value))
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_view_aug_reaches_every_view_a_method_builds(method):
+    """``view_aug`` is applied before ``blur_reference_size`` in every method's views (ORL's patches,
+    UniVIP's instances included); a bad value is a UserError at validation."""
+    cls = METHODS[method]
+    cfg = C.resolve(cls, [("flags", {"image_size": 64, "view_aug": "blur_sigma=0.2:1.0"})])
+    assert _blur_sigmas(cls.make_transform(cfg)) == {(0.2, 1.0)}
+    cfg = C.resolve(cls, [("flags", {"image_size": 64, "view_aug": "blur_sigma=0.2:1.0", "blur_reference_size": 32})])
+    sides = {64} | {cfg[k] for k in ("patch_size", "instance_size") if k in cfg}
+    assert _blur_sigmas(cls.make_transform(cfg)) == {(round(0.2 * s / 32, 6), round(1.0 * s / 32, 6)) for s in sides}
+    with pytest.raises(UserError, match="view_aug: 'hue=1': hue must be"):
+        C.validate(C.resolve(cls, [("flags", {"view_aug": "hue=1"})]))
+
+
 # ---------------------------------------------------------------- config
 
 

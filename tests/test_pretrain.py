@@ -171,6 +171,14 @@ def test_bad_inputs_are_one_line_errors(images, tmp_path, capsys):
     assert code == 2 and "fp16 autocast needs a GPU" in err
     code, err = fails(capsys, images, "-m", "byol", "-o", tmp_path / "e", "--procs", 1, "--nodes", 2, *TINY)
     assert code == 2 and "--nodes > 1 needs --rdzv-endpoint" in err
+    code, err = fails(capsys, images, "-m", "byol", "-o", tmp_path / "f", *TINY, "--set", "view_aug=saturaton=0.8")
+    assert code == 2 and "view_aug: unknown view field 'saturaton' (did you mean saturation?)" in err
+    assert not (tmp_path / "f" / "last.pth").exists()
+
+
+def test_view_aug_from_the_cli_is_resolved_and_saved(images, tmp_path, capsys):
+    run(images, "-m", "byol", "--set", "view_aug=saturation=0.8 2.solarize_p=0 crop_scale=0.2:1", "--print-config")
+    assert yaml.safe_load(capsys.readouterr().out)["view_aug"] == "saturation=0.8 2.solarize_p=0 crop_scale=0.2:1"
 
 
 def test_two_rank_ddp_run_on_cpu(images, tmp_path, capfd):

@@ -54,6 +54,8 @@ ENGINE_KEYS: dict[str, Key] = {
     "blur_reference_size": Key(None, int, "rescale the Gaussian-blur σ range (given for views of this side, "
                                "e.g. 224) to each view's side; unset: σ in pixels as the papers give it",
                                optional=True),
+    "view_aug": Key(None, str, "override the method's view augmentations: space/comma-separated [1.|2.]FIELD=VALUE, "
+                    "e.g. 'saturation=0.8 2.solarize_p=0 crop_scale=0.2:1' (fields: docs/pretrain.md)", optional=True),
     "sync_bn": Key(False, bool, "SyncBatchNorm across GPUs (ignored on CPU and for one rank)"),
     "seed": Key(0, int, "seed of the init, the sampler permutation and every augmentation draw"),
     # runtime: may change on resume
@@ -217,6 +219,13 @@ def validate(cfg: dict) -> None:
         raise UserError("max_steps must be at least 1")
     if cfg["blur_reference_size"] is not None and cfg["blur_reference_size"] < 1:
         raise UserError(f"blur_reference_size must be at least 1 px (got {cfg['blur_reference_size']})")
+    if cfg["view_aug"] is not None:
+        from sslkit.transforms import parse_view_aug
+
+        try:
+            parse_view_aug(cfg["view_aug"])
+        except ValueError as e:
+            raise UserError(f"view_aug: {e}") from None
     for name in ("save_every", "keep_last", "log_every"):
         if cfg[name] < 0 or (name == "log_every" and cfg[name] == 0):
             raise UserError(f"{name} must be {'>= 1' if name == 'log_every' else '>= 0'}")

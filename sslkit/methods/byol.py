@@ -15,7 +15,7 @@ from sslkit.engine.ema import ema_update, frozen_copy
 from sslkit.engine.schedules import ema_momentum
 from sslkit.methods.base import Method
 from sslkit.models.heads import byol_mlp
-from sslkit.transforms import MultiView, byol_views, scale_blur
+from sslkit.transforms import MultiView, byol_views, tune_views
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -98,7 +98,7 @@ class BYOL(OnlineTarget, Method):
 
     @classmethod
     def make_transform(cls, cfg: dict):
-        return MultiView(scale_blur(byol_views(cfg["image_size"]), cfg["blur_reference_size"]))
+        return MultiView(tune_views(byol_views(cfg["image_size"]), cfg["blur_reference_size"], cfg["view_aug"]))
 
     @classmethod
     def validate(cls, cfg: dict) -> None:

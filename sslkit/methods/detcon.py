@@ -31,7 +31,7 @@ from sslkit.methods.byol import OnlineTarget
 from sslkit.methods.detcon_ops import NUM_MASKS, TEMPERATURE, detcon_loss, mask_pool, mask_weights
 from sslkit.models.backbones import res5
 from sslkit.models.heads import simclr_projector
-from sslkit.transforms import ViewAug, byol_views, scale_blur
+from sslkit.transforms import ViewAug, byol_views, tune_views
 
 #: keys shared by both variants
 _COMMON_DEFAULTS = {
@@ -82,7 +82,7 @@ class _DetCon(Method):
     def make_transform(cls, cfg: dict):
         from sslkit.views.detcon import DetConViews
 
-        views = scale_blur(cls.view_augs(cfg["image_size"]), cfg["blur_reference_size"])
+        views = tune_views(cls.view_augs(cfg["image_size"]), cfg["blur_reference_size"], cfg["view_aug"])
         return DetConViews(views, cfg["num_masks"], keep_labels=cfg["mask_pool"] == "soft")
 
     @classmethod

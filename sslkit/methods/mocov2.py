@@ -17,7 +17,7 @@ from sslkit.engine.ema import ema_update, frozen_copy
 from sslkit.engine.schedules import ema_momentum
 from sslkit.methods.base import Method
 from sslkit.models.heads import mocov2_projector
-from sslkit.transforms import MultiView, mocov2_views, scale_blur
+from sslkit.transforms import MultiView, mocov2_views, tune_views
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float
@@ -87,7 +87,7 @@ class MoCoV2(Method):
 
     @classmethod
     def make_transform(cls, cfg: dict):
-        return MultiView(scale_blur(mocov2_views(cfg["image_size"]), cfg["blur_reference_size"]))
+        return MultiView(tune_views(mocov2_views(cfg["image_size"]), cfg["blur_reference_size"], cfg["view_aug"]))
 
     @classmethod
     def validate(cls, cfg: dict) -> None:

@@ -131,7 +131,7 @@ class ORL(BYOL):
     def make_transform(cls, cfg: dict):
         from sslkit.views.orl import ORLViews
 
-        return ORLViews(cfg["image_size"], cfg["patch_size"], cfg["blur_reference_size"])
+        return ORLViews(cfg["image_size"], cfg["patch_size"], cfg["blur_reference_size"], cfg["view_aug"])
 
     @classmethod
     def make_dataset(cls, cfg: dict, source):

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from sslkit.engine import dist
 from sslkit.methods.base import Method
 from sslkit.models.heads import simclr_projector
-from sslkit.transforms import MultiView, scale_blur, simclr_views
+from sslkit.transforms import MultiView, simclr_views, tune_views
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +79,7 @@ class SimCLR(Method):
 
     @classmethod
     def make_transform(cls, cfg: dict):
-        return MultiView(scale_blur(simclr_views(cfg["image_size"]), cfg["blur_reference_size"]))
+        return MultiView(tune_views(simclr_views(cfg["image_size"]), cfg["blur_reference_size"], cfg["view_aug"]))
 
     @classmethod
     def validate(cls, cfg: dict) -> None:

@@ -181,7 +181,7 @@ class UniVIP(BYOL):
                               naive_max_ratio=cfg["naive_max_ratio"], naive_max_iou=cfg["naive_max_iou"],
                               overlap=cfg["scene_overlap"], naive_only=cfg["naive_only"])
         return UniVIPViews(sampler, cfg["image_size"], cfg["instance_size"], cls.uses_instances(cfg),
-                           cfg["blur_reference_size"])
+                           cfg["blur_reference_size"], cfg["view_aug"])
 
     @staticmethod
     def needs_candidates(cfg: dict) -> bool:

@@ -9,13 +9,16 @@ from sslkit.transforms.pipelines import (
     build_view,
     byol_views,
     mocov2_views,
+    parse_view_aug,
     scale_blur,
     separable_gaussian_blur,
     simclr_views,
     to_image,
+    tune_views,
 )
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "GaussianBlur", "MultiView", "ViewAug", "build_view", "byol_views",
-    "mocov2_views", "scale_blur", "separable_gaussian_blur", "simclr_views", "to_image",
+    "mocov2_views", "parse_view_aug", "scale_blur", "separable_gaussian_blur", "simclr_views", "to_image",
+    "tune_views",
 ]

@@ -36,6 +36,8 @@ tensors a sampled Gaussian kernel of 10% of the output side, made odd (23 px at
 
 from __future__ import annotations
 
+import difflib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -148,6 +150,68 @@ def scale_blur(views: Sequence[ViewAug], reference: int | None) -> tuple[ViewAug
         return tuple(views)
     return tuple(replace(v, blur_sigma=(v.blur_sigma[0] * v.size / reference, v.blur_sigma[1] * v.size / reference))
                  for v in views)
+
+
+#: ViewAug fields ``view_aug`` may set: (kind, low, high) — "range" fields take ``lo:hi``
+VIEW_AUG_FIELDS: dict[str, tuple[str, float, float]] = {
+    "crop_scale": ("range", 0.0, 1.0), "crop_ratio": ("range", 0.0, math.inf),
+    "interpolation": ("str", 0, 0), "flip_p": ("float", 0.0, 1.0), "jitter_p": ("float", 0.0, 1.0),
+    "brightness": ("float", 0.0, math.inf), "contrast": ("float", 0.0, math.inf),
+    "saturation": ("float", 0.0, math.inf), "hue": ("float", 0.0, 0.5), "grayscale_p": ("float", 0.0, 1.0),
+    "blur_p": ("float", 0.0, 1.0), "blur_sigma": ("range", 0.0, math.inf), "solarize_p": ("float", 0.0, 1.0),
+    "solarize_threshold": ("int", 0, 256),
+}
+
+
+def parse_view_aug(spec: str | None) -> dict[int | None, dict]:
+    """``"saturation=0.8 hue=0.2 2.solarize_p=0 crop_scale=0.2:1"`` → per-view ViewAug overrides.
+
+    Items are separated by spaces or commas; ``FIELD=VALUE`` sets the field in every view, ``1.FIELD``
+    / ``2.FIELD`` in the first / second view of each pair only (a view-specific item wins over a
+    general one). ``crop_scale``, ``crop_ratio`` and ``blur_sigma`` take ``LO:HI``. Raises
+    ValueError with the offending item."""
+    out: dict[int | None, dict] = {}
+    for item in (spec or "").replace(",", " ").split():
+        key, eq, value = item.partition("=")
+        view: int | None = None
+        if key[:2] in ("1.", "2."):
+            view, key = int(key[0]), key[2:]
+        if not eq or not value:
+            raise ValueError(f"{item!r} is not [1.|2.]FIELD=VALUE")
+        if key not in VIEW_AUG_FIELDS:
+            close = difflib.get_close_matches(key, VIEW_AUG_FIELDS, 1)
+            hint = f" (did you mean {close[0]}?)" if close else f" (one of {', '.join(VIEW_AUG_FIELDS)})"
+            raise ValueError(f"unknown view field {key!r}{hint}")
+        kind, lo, hi = VIEW_AUG_FIELDS[key]
+        try:
+            if kind == "str":
+                if value not in _INTERPOLATION:
+                    raise ValueError
+                parsed = value
+            elif kind == "range":
+                a, b = (float(x) for x in value.split(":"))
+                if not lo < a <= b <= hi:
+                    raise ValueError
+                parsed = (a, b)
+            else:
+                parsed = int(value) if kind == "int" else float(value)
+                if not lo <= parsed <= hi:
+                    raise ValueError
+        except ValueError:
+            want = {"str": f"one of {', '.join(_INTERPOLATION)}", "range": f"LO:HI with {lo} < LO <= HI <= {hi}",
+                    "float": f"a number in [{lo}, {hi}]", "int": f"an integer in [{lo}, {hi}]"}[kind]
+            raise ValueError(f"{item!r}: {key} must be {want}") from None
+        out.setdefault(view, {})[key] = parsed
+    return out
+
+
+def tune_views(views: Sequence[ViewAug], blur_reference: int | None = None,
+               view_aug: str | None = None) -> tuple[ViewAug, ...]:
+    """A method's views with the user's ``view_aug`` overrides (:func:`parse_view_aug`) applied, then
+    the blur σ range rescaled by :func:`scale_blur`."""
+    overrides = parse_view_aug(view_aug)
+    tuned = tuple(replace(v, **(overrides.get(None, {}) | overrides.get(i + 1, {}))) for i, v in enumerate(views))
+    return scale_blur(tuned, blur_reference)
 
 
 def byol_views(size: int) -> tuple[ViewAug, ViewAug]:

@@ -926,13 +926,14 @@ class ORLViews:
     Random draws come from torch's global generator (the engine seeds it per sample).
     """
 
-    def __init__(self, image_size: int = IMAGE_SIZE, patch_size: int = PATCH_SIZE, blur_reference: int | None = None):
-        from sslkit.transforms import build_view, byol_views, scale_blur
+    def __init__(self, image_size: int = IMAGE_SIZE, patch_size: int = PATCH_SIZE, blur_reference: int | None = None,
+                 view_aug: str | None = None):
+        from sslkit.transforms import build_view, byol_views, tune_views
 
         self.image_size = image_size
         self.patch_size = patch_size
-        self.global_views = [build_view(v) for v in scale_blur(byol_views(image_size), blur_reference)]
-        self.patch_views = [patch_pipeline(v) for v in scale_blur(byol_views(patch_size), blur_reference)]
+        self.global_views = [build_view(v) for v in tune_views(byol_views(image_size), blur_reference, view_aug)]
+        self.patch_views = [patch_pipeline(v) for v in tune_views(byol_views(patch_size), blur_reference, view_aug)]
 
     def crop(self, image, box) -> object:
         """The whole-pixel box of a PIL image resized to ``patch_size²`` (bilinear; aspect not kept)."""

@@ -407,15 +407,15 @@ class UniVIPViews:
     """
 
     def __init__(self, sampler: PairSampler, scene_size: int = 224, instance_size: int = 96,
-                 instances: bool = True, blur_reference: int | None = None):
-        from sslkit.transforms import byol_views, scale_blur
+                 instances: bool = True, blur_reference: int | None = None, view_aug: str | None = None):
+        from sslkit.transforms import byol_views, tune_views
 
         self.sampler = sampler
         self.scene_size = scene_size
         self.instance_size = instance_size
         self.instances = instances and sampler.k > 0
-        self.scene = [photometric(v) for v in scale_blur(byol_views(scene_size), blur_reference)]
-        self.instance = [photometric(v) for v in scale_blur(byol_views(instance_size), blur_reference)]
+        self.scene = [photometric(v) for v in tune_views(byol_views(scene_size), blur_reference, view_aug)]
+        self.instance = [photometric(v) for v in tune_views(byol_views(instance_size), blur_reference, view_aug)]
 
     def __call__(self, image: np.ndarray, candidates: np.ndarray):
         from PIL import Image
