@@ -83,6 +83,12 @@ for s in 0 1 2 3; do
     --seed $s --probes $Q3 | tee "$OUT/qbig-s$s.md"
 done
 $PY benchmarks/seeds.py "$OUT"/qbig-s{0,1,2,3} | tee "$OUT/qbig-seeds.md"
+SIMAUG="view_aug=interpolation=bicubic brightness=0.8 contrast=0.8 saturation=0.8 hue=0.2 blur_p=0.5 solarize_p=0"
+for s in 0 1 2 3; do
+  $PY benchmarks/quality.py --data $QB --out "$OUT/qbig-simaug-s$s" --epochs 30 $TQ --methods byol --heldout 0.3 \
+    --seed $s --probes $Q3 --set "$SIMAUG" | tee "$OUT/qbig-simaug-s$s.md"
+done
+$PY benchmarks/seeds.py "$OUT"/qbig-simaug-s{0,1,2,3} | tee "$OUT/qbig-simaug-seeds.md"
 $PY benchmarks/quality.py --data $Q --out "$OUT/qtau96" --epochs 30 $TQ --methods byol --probes $Q3 \
   --set ema_momentum=0.96 | tee "$OUT/qtau96.md"
 $PY benchmarks/quality.py --data $Q --out "$OUT/qtau90" --epochs 30 $TQ --methods byol --probes $Q3 \
