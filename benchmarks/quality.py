@@ -12,10 +12,11 @@ Methods: byol, simclr, mocov2, detcon-b, detcon-s (FH masks), detcon-b-grid, det
 univip, and the variants of VARIANTS (byol-blur224, byol-blur224-lr4x, orl-intra, orl-inter,
 univip-k0, univip-k2, univip-no-ot, univip-no-si). ``--heldout F`` adds object probes on cutouts the
 probe never trained on; ``--probes`` picks the probes (``background/...``: a diagnostic on demo-data
-scenes, which background photo a scene was built on); ``--probe-epochs`` also probes epoch checkpoints of
-the image-level runs; ``--set KEY=VALUE`` passes a pretraining setting to every run and ``--seed`` seeds
-the runs, the probes and the random init (``benchmarks/seeds.py`` summarises runs over seeds). Proposals are made only for the methods that need them. Finished runs (RUN/time.json) and probes are reused; an
-interrupted pretraining run is resumed.
+scenes, which background photo a scene was built on); ``--probe-epochs`` also probes epoch
+checkpoints of the image-level runs; ``--set KEY=VALUE`` passes a pretraining setting to every run
+and ``--seed`` seeds the runs, the probes and the random init (``benchmarks/seeds.py`` summarises
+runs over seeds). Proposals are made only for the methods that need them. Finished runs
+(RUN/time.json) and probes are reused; an interrupted pretraining run is resumed.
 """
 
 from __future__ import annotations
