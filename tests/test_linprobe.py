@@ -399,3 +399,122 @@ def test_cli_errors(tiny_coco, colour_folders, tmp_path, capsys):
         assert sslkit("linprobe", *args, "--cache-dir", tmp_path / "c") == 2, args
         err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
         assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+
+
+# -- weight decay chosen by grouped cross-validation ----------------------------------------------
+
+def test_group_folds_keep_groups_whole_and_balance_sizes():
+    from sslkit.eval.linear import group_folds
+
+    groups = np.repeat(np.arange(12), [9, 1, 4, 4, 2, 7, 3, 3, 5, 1, 6, 2])
+    fold = group_folds(groups, 3, seed=0)
+    for g in np.unique(groups):
+        assert len(set(fold[groups == g])) == 1  # a group never straddles folds
+    sizes = np.bincount(fold, minlength=3)
+    assert sizes.sum() == len(groups) and sizes.max() - sizes.min() <= 9  # within the largest group
+    np.testing.assert_array_equal(fold, group_folds(groups, 3, seed=0))  # deterministic
+    assert any((group_folds(groups, 3, seed=s) != fold).any() for s in range(1, 6))  # the seed shuffles
+    assert sorted(np.bincount(group_folds(np.arange(10), 5, seed=3))) == [2] * 5  # one sample per group
+    with pytest.raises(ValueError, match="2 groups cannot make 3"):
+        group_folds(np.array([0, 0, 1]), 3)
+
+
+def test_weight_decay_search_is_the_best_mean_fold_score():
+    """The chosen value is the grid's best mean held-out-fold top-1 (ties → larger), recomputed here fold
+    by fold; the refit with it classifies new samples."""
+    from dataclasses import replace
+
+    from sslkit.eval.linear import group_folds, select_weight_decay
+
+    g = np.random.default_rng(0)
+    x, y = blobs(40, 3, 16, seed=0, spread=2.5)  # overlapping classes: the penalty matters
+    x = np.concatenate([x, g.normal(size=(len(x), 48)).astype(np.float32) * 2], 1)  # plus pure-noise dimensions
+    groups = np.arange(len(y)) // 4
+    cfg, grid = LinearConfig(solver="lbfgs", seed=1), (1e-6, 1e-3, 1e-1, 1.0, 30.0)
+    wd, info = select_weight_decay(x, y, groups, 3, False, cfg, grid, 4, CPU)
+    fold = group_folds(groups, 4, seed=1)
+    ref = []
+    for v in grid:
+        accs = []
+        for k in range(4):
+            head = train_linear(x[fold != k], y[fold != k], 3, False, replace(cfg, weight_decay=v), CPU)
+            accs.append((predict(head, x[fold == k], CPU).argmax(1) == y[fold == k]).mean() * 100)
+        ref.append(np.mean(accs))
+    assert info["cv_scores"] == pytest.approx(ref, abs=1e-3)
+    best = max(range(len(grid)), key=lambda i: (round(ref[i], 4), grid[i]))
+    assert wd == grid[best] == info["chosen"] and info["fold_sizes"] == np.bincount(fold).tolist()
+    assert ref[0] < max(ref)  # the noise dimensions make some penalty better than none
+    xv, yv = blobs(100, 3, 16, seed=5, spread=2.5)
+    xv = np.concatenate([xv, g.normal(size=(len(xv), 48)).astype(np.float32) * 2], 1)
+    acc = (predict(train_linear(x, y, 3, False, replace(cfg, weight_decay=wd), CPU), xv, CPU).argmax(1) == yv).mean()
+    acc0 = (predict(train_linear(x, y, 3, False, replace(cfg, weight_decay=1e-6), CPU), xv, CPU).argmax(1) == yv).mean()
+    assert acc >= acc0
+
+
+@pytest.fixture(scope="module")
+def shaded_coco(tmp_path_factory):
+    """Six images of red/green/blue patches; each patch's annotation names its shade in ``source``
+    (four shades per colour), as demo-data names the cutout photo an object came from."""
+    root = tmp_path_factory.mktemp("shaded")
+    base = {1: np.array([200, 30, 30]), 2: np.array([30, 190, 30]), 3: np.array([40, 40, 220])}
+    cats = [{"id": c, "name": n} for c, n in ((1, "red"), (2, "green"), (3, "blue"))]
+    g = np.random.default_rng(0)
+    images, anns = [], []
+    for i in range(1, 7):
+        img = np.full((64, 96, 3), 128, np.uint8)
+        for j, cat in enumerate((1, 2, 3)):
+            shade = int(g.integers(4))
+            x, y = 4 + 30 * j, int(g.integers(0, 30))
+            img[y:y + 24, x:x + 24] = np.clip(base[cat] + 12 * shade, 0, 255)
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cat, "bbox": [x, y, 24, 24],
+                         "iscrowd": 0, "area": 576, "source": f"{cat}-{shade}"})
+        Image.fromarray(img).save(root / f"{i}.png")
+        images.append({"id": i, "file_name": f"{i}.png", "width": 96, "height": 64})
+    (root / "train.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return root
+
+
+def test_row_groups_follow_the_cached_rows(shaded_coco, tmp_path):
+    from sslkit.eval.data import load_split
+    from sslkit.eval.features import cached_features
+    from sslkit.models.convert import load_backbone
+
+    split = load_split(shaded_coco / "train.json", "objects", group_field="source")
+    net, meta = load_backbone("random", arch="resnet_tiny", seed=0)
+    for _ in range(2):  # extracted, then read back from the cache
+        fs = cached_features(net, meta, split, Preprocess(32), ["res5"], "avg", tmp_path, "train", CPU, 4, 0)
+        groups = fs.row_groups(split)
+        assert len(groups) == len(fs.labels) == 18
+        assert [int(s.split("-")[0]) - 1 for s in groups] == fs.labels.tolist()  # each row has its own annotation
+    assert fs.cache_hit
+    with pytest.raises(Exception, match="has no 'colour' field"):
+        load_split(shaded_coco / "train.json", "objects", group_field="colour")
+
+
+def test_cli_cross_validated_weight_decay(shaded_coco, tmp_path, capsys):
+    from sslkit.eval.linear import WD_GRID
+
+    js = shaded_coco / "train.json"
+    args = ("linprobe", "random", "--train", js, "--val", js, "--task", "objects", *COMMON, "--protocol", "linear",
+            "--solver", "lbfgs", "--cache-dir", tmp_path / "c")
+    assert sslkit(*args, "--wd", "auto", "--cv-group", "source", "--folds", "3", "--json") == 0
+    rec = json.loads(capsys.readouterr().out)
+    r = rec["results"]["res5"]
+    assert r["wd_search"]["grid"] == list(WD_GRID) and r["weight_decay"] in WD_GRID
+    assert sum(r["wd_search"]["fold_sizes"]) == 18 and len(r["wd_search"]["cv_scores"]) == len(WD_GRID)
+    assert rec["settings"]["weight_decay"] == "cross-validated" and rec["settings"]["cv_group"] == "source"
+    assert r["top1"] >= 90  # colours: separable
+    assert sslkit(*args, "--wd", "1e-3,1e-1", "--folds", "2", "--json") == 0  # a list, grouped by image
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["results"]["res5"]["wd_search"]["grid"] == [1e-3, 1e-1] and rec["settings"]["cv_group"] == "image"
+    assert sslkit(*args, "--wd", "0.5", "--json") == 0  # one value: fixed, no search
+    rec = json.loads(capsys.readouterr().out)
+    assert "wd_search" not in rec["results"]["res5"] and rec["settings"]["weight_decay"] == 0.5
+    for extra, needle in ((("--wd", "auto", "--cv-group", "colour"), "has no 'colour' field"),
+                          (("--cv-group", "source"), "--cv-group only applies"),
+                          (("--wd", "auto", "--folds", "7"), "6 image groups"),
+                          (("--wd", "small"), "--wd 'small'"),
+                          (("--wd", "auto", "--protocol", "knn"), "is for --protocol linear")):
+        assert sslkit(*args, *extra) == 2, extra
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err

@@ -25,7 +25,9 @@ Protocols (--protocol):
 
   linear  ORL/OpenSelfSup head BN(affine=False)+FC; SGD lr 0.01, batch 256,
           momentum 0.9, wd 1e-4, ×0.1 at 2/7, 4/7, 6/7 of --epochs (28);
-          --solver lbfgs for small data
+          --solver lbfgs for small data; --wd auto (or a list) picks the
+          weight decay by cross-validation on --train, folds grouped by
+          image or by an annotation field (--cv-group)
   knn     weighted kNN, k=20, T=0.07, cosine (InstDisc/DINO)
   svm     VOC07: one-vs-rest LinearSVC per class, cost from 1,10,100 by
           3-fold CV; reproduce ORL's VOC07 numbers with --pool spec
@@ -82,6 +84,23 @@ def _parse_costs(text: str) -> tuple[float, ...]:
     return costs
 
 
+def _parse_wd(text: str) -> tuple[float, tuple[float, ...]]:
+    """``--wd``: one value (fixed), ``auto`` (the default grid) or a comma list → (fixed value, grid)."""
+    from sslkit.eval.linear import WD_GRID
+
+    if text.strip() == "auto":
+        return WD_GRID[0], WD_GRID
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or any(v < 0 for v in values):
+        raise UserError(f"--wd {text!r} is not a weight decay ≥ 0, a comma-separated list of them, or 'auto'",
+                        None, "e.g. --wd 1e-4, --wd 1e-4,1e-3,1e-2 or --wd auto")
+    grid = tuple(sorted(set(values)))
+    return (grid[0], ()) if len(grid) == 1 else (grid[0], grid)
+
+
 def _table(rec: dict) -> None:
     from rich.table import Table
 
@@ -95,13 +114,18 @@ def _table(rec: dict) -> None:
     cols = ["mAP"] if primary == "mAP" else [c for c in ("top1", "top5") if any(c in r for r in rec["results"].values())]
     for c in cols:
         t.add_column(c, justify="right")
+    searched = any("wd_search" in r for r in rec["results"].values())
     if rec["protocol"] == "linear":
         t.add_column(f"train {primary}", justify="right")
+    if searched:
+        t.add_column("wd (cross-validated)", justify="right")
     for layer, r in rec["results"].items():
         row = [layer + (" *" if layer == rec["best_layer"] and len(rec["results"]) > 1 else ""), str(r["dim"])]
         row += [f"{r[c]:.2f}" for c in cols]
         if rec["protocol"] == "linear":
             row.append(f"{r['train'][primary]:.2f}")
+        if searched:
+            row.append(f"{r['weight_decay']:g}")
         t.add_row(*row)
     stdout.print(t)
     tr, va = rec["train"], rec["val"]
@@ -146,13 +170,14 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
         epochs: int = typer.Option(28, "--epochs", help="linear: epochs over the cached features (ORL ImageNet: 28)."),
         lr: float = typer.Option(0.01, "--lr", help="linear: base learning rate."),
-        wd: float = typer.Option(1e-4, "--wd", help="linear: weight decay."),
+        wd: str = typer.Option("1e-4", "--wd", help="linear: weight decay; a comma list or 'auto' (1e-6 … 1 in half decades) chooses one by cross-validation on --train."),
+        cv_group: str = typer.Option("image", "--cv-group", help="linear with several --wd: folds keep whole groups — 'image' (every crop of an image), or an annotation field of the COCO json (--task objects), e.g. one naming the photo an object came from."),
         linear_batch_size: int = typer.Option(256, "--linear-batch-size", help="linear: SGD batch size."),
         solver: Solver = typer.Option(Solver.sgd, "--solver", help="linear: sgd (the protocol) or lbfgs (full batch, small data)."),
         k: int = typer.Option(20, "--k", help="knn: neighbours."),
         temperature: float = typer.Option(0.07, "--temperature", help="knn: vote temperature."),
         costs: str = typer.Option("1,10,100", "--costs", help="svm: SVM costs to cross-validate."),
-        folds: int = typer.Option(3, "--folds", help="svm: cross-validation folds."),
+        folds: int = typer.Option(3, "--folds", help="svm, and linear with several --wd: cross-validation folds."),
         svm_jobs: int = typer.Option(1, "--svm-jobs", help="svm: classes fitted in parallel (processes)."),
         low_shot: str = typer.Option(None, "--low-shot", help="svm: also run the low-shot benchmark with these shots per class, e.g. 1,2,4,8,16,32,64,96 (ORL Table 2)."),
         low_shot_samples: int = typer.Option(5, "--low-shot-samples", help="svm: independent draws per shot count."),
@@ -176,8 +201,14 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--folds must be ≥ 2 (got {folds})")
         if workers < 0:
             raise UserError(f"--workers must be ≥ 0 (got {workers})")
-        if box_scale <= 0 or temperature <= 0 or lr <= 0 or wd < 0:
-            raise UserError("--box-scale, --temperature and --lr must be > 0, --wd ≥ 0")
+        if box_scale <= 0 or temperature <= 0 or lr <= 0:
+            raise UserError("--box-scale, --temperature and --lr must be > 0")
+        wd_value, wd_grid = _parse_wd(wd)
+        if wd_grid and protocol is not Protocol.linear:
+            raise UserError(f"--wd {wd} (a cross-validated choice) is for --protocol linear", None,
+                            "the svm protocol cross-validates --costs")
+        if cv_group != "image" and not wd_grid:
+            raise UserError("--cv-group only applies when --wd names several values or 'auto'")
         shots: tuple[int, ...] = ()
         if low_shot is not None:
             if protocol is not Protocol.svm:
@@ -194,8 +225,9 @@ def register(app: typer.Typer) -> None:
         settings = ProbeSettings(
             protocol=protocol.value, layers=parse_layers(layers), pool=pool.value, image_size=image_size,
             box_scale=box_scale, min_box=min_box, batch_size=batch_size, workers=workers, device=device,
-            linear=LinearConfig(epochs=epochs, batch_size=linear_batch_size, lr=lr, weight_decay=wd,
+            linear=LinearConfig(epochs=epochs, batch_size=linear_batch_size, lr=lr, weight_decay=wd_value,
                                 solver=solver.value, seed=seed),
+            wd_grid=wd_grid, cv_group=cv_group,
             k=k, temperature=temperature, costs=_parse_costs(costs), folds=folds, svm_jobs=svm_jobs,
             low_shot=shots, low_shot_samples=low_shot_samples,
             cache_dir=None if no_cache else (cache_dir or default_cache_dir()), seed=seed)

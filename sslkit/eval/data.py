@@ -46,6 +46,7 @@ class Item:
     path: Path
     labels: np.ndarray  # (rows,) int64 for classes/objects; (rows, C) int8 in {1, 0, -1} for multilabel
     boxes: np.ndarray | None = None  # (rows, 4) float32 xyxy, objects only
+    groups: list[str] | None = None  # (rows,) an annotation field's value per sample (``group_field``)
 
 
 @dataclass
@@ -123,7 +124,7 @@ def _ignored(ann: dict) -> bool:
 
 
 def _from_coco(json_path: Path, task: str, image_root: str | os.PathLike | None, min_box: float,
-               reference: LabelledSplit | None) -> LabelledSplit:
+               reference: LabelledSplit | None, group_field: str | None = None) -> LabelledSplit:
     from sslkit.io.coco import annotations_by_image, coco_boxes_xyxy, load_coco
     from sslkit.io.images import ImageSource
 
@@ -159,8 +160,17 @@ def _from_coco(json_path: Path, task: str, image_root: str | os.PathLike | None,
         kept = [a for a in anns if not a.get("iscrowd", 0) and not _ignored(a)
                 and a["bbox"][2] >= min_box and a["bbox"][3] >= min_box]
         if kept:
+            groups = None
+            if group_field is not None:
+                missing = [a for a in kept if a.get(group_field) is None]
+                if missing:
+                    raise UserError(f"annotation {missing[0].get('id', '?')} of image {r.image_id} has no "
+                                    f"{group_field!r} field", json_path,
+                                    "group the cross-validation by image, or by a field every annotation has")
+                groups = [str(a[group_field]) for a in kept]
             items.append(Item(r.image_id, r.file_name, r.path,
-                              np.array([col[a["category_id"]] for a in kept], np.int64), coco_boxes_xyxy(kept)))
+                              np.array([col[a["category_id"]] for a in kept], np.int64), coco_boxes_xyxy(kept),
+                              groups))
     if not items:
         raise UserError(f"no annotation has a box of at least {min_box:g} px per side", json_path,
                         "lower --min-box or check the json")
@@ -170,10 +180,12 @@ def _from_coco(json_path: Path, task: str, image_root: str | os.PathLike | None,
 
 
 def load_split(arg: str | os.PathLike, task: str | None = None, image_root: str | os.PathLike | None = None,
-               min_box: float = 8.0, reference: LabelledSplit | None = None) -> LabelledSplit:
+               min_box: float = 8.0, reference: LabelledSplit | None = None,
+               group_field: str | None = None) -> LabelledSplit:
     """Read a split: a class-folder tree, or a COCO json with ``task`` ``objects`` / ``multilabel``.
 
     ``reference`` (the training split) fixes the class list of a validation split.
+    ``group_field`` (``objects`` only): keep this annotation field of every sample in ``Item.groups``.
     """
     p = Path(arg)
     if not p.exists():
@@ -181,6 +193,9 @@ def load_split(arg: str | os.PathLike, task: str | None = None, image_root: str 
     if p.is_dir():
         if task not in (None, "classes"):
             raise UserError(f"--task {task} needs a COCO json; this is a folder (read as class folders)", p)
+        if group_field is not None:
+            raise UserError(f"grouping by the annotation field {group_field!r} needs a COCO json", p,
+                            "class folders are grouped by image")
         if image_root is not None:
             raise UserError("--image-root only applies to a COCO json", p)
         return _from_folder(p, reference)
@@ -189,4 +204,7 @@ def load_split(arg: str | os.PathLike, task: str | None = None, image_root: str 
     if task not in ("objects", "multilabel"):
         raise UserError("a COCO json needs --task objects (one sample per box) or --task multilabel "
                         "(per-image category presence)", p)
-    return _from_coco(p, task, image_root, min_box, reference)
+    if group_field is not None and task != "objects":
+        raise UserError(f"grouping by the annotation field {group_field!r} needs --task objects", p,
+                        "group by image for --task multilabel")
+    return _from_coco(p, task, image_root, min_box, reference, group_field)

@@ -183,10 +183,20 @@ class FeatureSet:
 
     features: dict[str, np.ndarray]  # stage → (M, D) float32
     labels: np.ndarray  # (M,) int64, or (M, C) int8 in {1, 0, -1 ignored}
-    image_index: np.ndarray  # (M,) row → item index in the split
+    image_index: np.ndarray  # (M,) row → index of its image among the images written (skipped ones left out)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     path: Path | None = None
     cache_hit: bool = False
+    image_ids: np.ndarray | None = None  # (M,) row → its image's id
+
+    def row_groups(self, split: LabelledSplit) -> np.ndarray:
+        """(M,) each row's ``Item.groups`` value (the split must be loaded with a ``group_field``)."""
+        by_id = {it.image_id: it for it in split.items}
+        out = np.empty(len(self.labels), object)
+        first = np.flatnonzero(np.r_[True, self.image_index[1:] != self.image_index[:-1]])
+        for start, stop in zip(first, np.r_[first[1:], len(self.labels)], strict=True):
+            out[start:stop] = by_id[int(self.image_ids[start])].groups
+        return out
 
 
 def feature_key(weights_meta: dict, split: LabelledSplit, prep: Preprocess, layers: list[str], pool: str) -> dict:
@@ -213,12 +223,14 @@ def _read(path: Path, key: dict, layers: list[str]) -> FeatureSet | None:
                 return None
             counts = a.counts("label")
             skipped = a.skipped
+            image_ids = np.repeat(np.asarray(a.image_id, np.int64), counts)
     except UserError:
         return None
     with h5py.File(path, "r") as f:
         feats = {s: f[f"feat_{s}"]["data"][:] for s in layers}
         labels = f["label"]["data"][:]
-    return FeatureSet(feats, labels, np.repeat(np.arange(len(counts)), counts), skipped, path, cache_hit=True)
+    return FeatureSet(feats, labels, np.repeat(np.arange(len(counts)), counts), skipped, path, cache_hit=True,
+                      image_ids=image_ids)
 
 
 def extract(net, split: LabelledSplit, prep: Preprocess, layers: list[str], pool: str, out: Path, key: dict,

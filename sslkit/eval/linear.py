@@ -13,6 +13,17 @@ Cross-entropy for single-label tasks, binary cross-entropy per class for multi-l
 are set to the training set's mean and variance (what BN's running averages converge to),
 and the linear layer is fitted full-batch with L-BFGS on the same loss plus
 ``weight_decay / 2 · ‖W‖²``.
+
+**Choosing the weight decay** (:func:`select_weight_decay`): with several candidate values the
+probe picks one by k-fold cross-validation on the training features only, then refits on all
+of them — the protocol of Kornblith et al. 2019 ("Do Better ImageNet Models Transfer Better?",
+§3: ℓ2-regularised logistic regression with L-BFGS, the penalty chosen on a held-out part of the
+training split) that SimCLR (Chen et al. 2020, appendix B.8) and BYOL use for transfer.  Folds are
+made of whole *groups* (every crop of one image, or every object sharing an annotation field
+such as the photo it came from), so no group is both fitted and scored — otherwise the
+cross-validation rewards memorising instances that the evaluation split does not contain.
+The criterion is the mean fold top-1 (single-label) or VOC mAP (multi-label); ties go to
+the larger weight decay.
 """
 
 from __future__ import annotations
@@ -134,6 +145,65 @@ def _fit_lbfgs(head: LinearHead, X, Y, multilabel, cfg, device, crit, progress, 
     if progress:
         progress.advance(task)
     return head
+
+
+WD_GRID = tuple(float(f"{10 ** (e / 2):.3g}") for e in range(-12, 1))  # 1e-6, 3.16e-6, …, 1
+
+
+def group_folds(groups: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+    """Fold index (0 … folds−1) of every sample; all samples of a group share a fold.
+
+    Groups are shuffled with ``seed`` and dealt, largest first, to the fold with the fewest
+    samples (as scikit-learn's ``GroupKFold``, but seeded), so folds are about equal in size.
+    Raises ``ValueError`` with fewer groups than folds."""
+    _, inverse, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+    if len(counts) < folds:
+        raise ValueError(f"{len(counts)} groups cannot make {folds} cross-validation folds")
+    order = np.random.default_rng(seed).permutation(len(counts))
+    order = order[np.argsort(-counts[order], kind="stable")]
+    fold_of_group = np.empty(len(counts), np.int64)
+    sizes = np.zeros(folds, np.int64)
+    for g in order:
+        f = int(np.argmin(sizes))
+        fold_of_group[g] = f
+        sizes[f] += counts[g]
+    return fold_of_group[inverse.ravel()]
+
+
+def _fold_metric(scores: np.ndarray, y: np.ndarray, multilabel: bool) -> float:
+    from sslkit.eval.metrics import mean_ap
+
+    if multilabel:
+        return mean_ap(scores, y)["mAP"]
+    return float((scores.argmax(1) == y).mean() * 100.0)
+
+
+def select_weight_decay(x: np.ndarray, y: np.ndarray, groups: np.ndarray, num_classes: int, multilabel: bool,
+                        cfg: LinearConfig, grid: tuple[float, ...], folds: int, device: torch.device,
+                        channels: int | None = None, progress=None, desc: str = "wd") -> tuple[float, dict]:
+    """The weight decay of ``grid`` with the best mean cross-validated metric, and the record of the search.
+
+    ``groups`` (N,) labels the samples that must stay in one fold (see :func:`group_folds`)."""
+    from dataclasses import replace
+
+    fold = group_folds(groups, folds, cfg.seed)
+    task = progress.add_task(desc + " (cross-validation)", total=len(grid) * folds) if progress else None
+    table = []
+    for wd in grid:
+        vals = []
+        for k in range(folds):
+            fit, held = fold != k, fold == k
+            head = train_linear(x[fit], y[fit], num_classes, multilabel, replace(cfg, weight_decay=wd), device,
+                                channels=channels)
+            vals.append(_fold_metric(predict(head, x[held], device), y[held], multilabel))
+            if progress:
+                progress.advance(task)
+        table.append(float(np.nanmean(vals)) if not np.all(np.isnan(vals)) else float("nan"))
+    means = np.nan_to_num(np.array(table), nan=-np.inf)
+    best = max(range(len(grid)), key=lambda i: (means[i], grid[i]))
+    return grid[best], {"grid": list(grid), "folds": folds, "fold_sizes": np.bincount(fold, minlength=folds).tolist(),
+                        "cv_metric": "mAP" if multilabel else "top1", "cv_scores": [round(v, 4) for v in table],
+                        "chosen": grid[best]}
 
 
 @torch.no_grad()

@@ -33,6 +33,8 @@ class ProbeSettings:
     workers: int = 4
     device: str = "auto"
     linear: LinearConfig = field(default_factory=LinearConfig)
+    wd_grid: tuple[float, ...] = ()  # linear: ≥ 2 values → weight decay chosen by grouped cross-validation
+    cv_group: str = "image"  # linear with wd_grid: "image", or an annotation field (--task objects)
     k: int = 20
     temperature: float = 0.07
     costs: tuple[float, ...] = (1.0, 10.0, 100.0)
@@ -53,6 +55,9 @@ class ProbeSettings:
                 for k in ("epochs", "batch_size", "lr", "momentum", "nesterov"):
                     d.pop(k)
             d["head"] = "BatchNorm(affine=False, per channel) -> Linear"
+            if self.wd_grid:
+                d["weight_decay"] = "cross-validated"
+                d.update(wd_grid=list(self.wd_grid), cv_folds=self.folds, cv_group=self.cv_group)
             return d
         if self.protocol == "knn":
             return {"k": self.k, "temperature": self.temperature, "similarity": "cosine"}
@@ -78,14 +83,22 @@ def resolve_device(text: str) -> torch.device:
 
 
 def _classify(protocol: str, xtr, ytr, xva, num_classes: int, multilabel: bool, s: ProbeSettings,
-              device: torch.device, progress, layer: str) -> tuple[np.ndarray, dict]:
+              device: torch.device, progress, layer: str, groups: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     if protocol == "linear":
-        from sslkit.eval.features import feature_channels
-        from sslkit.eval.linear import predict, train_linear
+        from dataclasses import replace
 
-        head = train_linear(xtr, ytr, num_classes, multilabel, s.linear, device, progress, desc=f"linear {layer}",
-                            channels=feature_channels(layer, s.pool, xtr.shape[1]))
-        return predict(head, xva, device), {"train_scores": predict(head, xtr, device)}
+        from sslkit.eval.features import feature_channels
+        from sslkit.eval.linear import predict, select_weight_decay, train_linear
+
+        channels = feature_channels(layer, s.pool, xtr.shape[1])
+        cfg, extra = s.linear, {}
+        if s.wd_grid:
+            wd, extra["wd_search"] = select_weight_decay(xtr, ytr, groups, num_classes, multilabel, cfg, s.wd_grid,
+                                                         s.folds, device, channels, progress, desc=f"linear {layer}")
+            cfg = replace(cfg, weight_decay=wd)
+        head = train_linear(xtr, ytr, num_classes, multilabel, cfg, device, progress, desc=f"linear {layer}",
+                            channels=channels)
+        return predict(head, xva, device), {"train_scores": predict(head, xtr, device), **extra}
     if protocol == "knn":
         from sslkit.eval.knn import knn_scores
 
@@ -137,7 +150,8 @@ def run_linprobe(weights: str, train: str, val: str, *, task: str | None = None,
     t0 = time.perf_counter()
     device = resolve_device(s.device)
     net, meta = load_backbone(weights, arch=arch, encoder=encoder, seed=s.seed)
-    tr = load_split(train, task, image_root, s.min_box)
+    by_field = bool(s.wd_grid) and s.protocol == "linear" and s.cv_group != "image"
+    tr = load_split(train, task, image_root, s.min_box, group_field=s.cv_group if by_field else None)
     va = load_split(val, task, val_image_root if val_image_root is not None else image_root, s.min_box, reference=tr)
     prep = Preprocess(s.image_size, s.box_scale, tuple(meta["pixel_mean"]), tuple(meta["pixel_std"]))
     notes = list(meta.get("notes", []))
@@ -163,13 +177,20 @@ def run_linprobe(weights: str, train: str, val: str, *, task: str | None = None,
             if steps < 500:
                 notes.append(f"only {steps} SGD steps ({len(ftr.labels)} samples, {s.linear.epochs} epochs of batch "
                              f"{s.linear.batch_size}); small data converges better with --solver lbfgs or more --epochs")
+        groups = None
+        if s.wd_grid and s.protocol == "linear":
+            groups = ftr.row_groups(tr) if by_field else ftr.image_ids
+            if len(np.unique(groups)) < s.folds:
+                raise UserError(f"{len(np.unique(groups))} {s.cv_group} groups in the training split cannot make "
+                                f"{s.folds} cross-validation folds", train, "lower --folds or pass a single --wd")
         results = {}
         extra_out = {}
         unit = {"linear": "epoch", "knn": "query", "svm": "class"}[s.protocol]
         low_shot = {}
         with _phase(progress, unit) as p:
             fitted = {layer: _classify(s.protocol, ftr.features[layer], ftr.labels, fva.features[layer],
-                                       tr.num_classes, tr.multilabel, s, device, p, layer) for layer in s.layers}
+                                       tr.num_classes, tr.multilabel, s, device, p, layer, groups)
+                      for layer in s.layers}
             if s.low_shot:
                 low_shot = {layer: _low_shot(ftr.features[layer], ftr.labels, fva.features[layer], fva.labels,
                                              tr.num_classes, s, p, layer, train) for layer in s.layers}
@@ -180,6 +201,9 @@ def run_linprobe(weights: str, train: str, val: str, *, task: str | None = None,
             if "train_scores" in extra:
                 tr_metrics = _score(extra["train_scores"], ftr.labels, tr.multilabel)
                 r["train"] = {k: v for k, v in tr_metrics.items() if k in ("top1", "top5", "mAP")}
+            if "wd_search" in extra:
+                r["weight_decay"] = extra["wd_search"]["chosen"]
+                r["wd_search"] = extra["wd_search"]
             if "svm" in extra:
                 extra_out.setdefault("svm", {})[layer] = extra["svm"]
                 if extra["svm"]["convergence_warnings"]:
