@@ -12,7 +12,8 @@ Methods: byol, simclr, mocov2, detcon-b, detcon-s (FH masks), detcon-b-grid, det
 univip, and the variants of VARIANTS (byol-blur224, byol-blur224-lr4x, orl-intra, orl-inter,
 univip-k0, univip-k2, univip-no-ot, univip-no-si). ``--heldout F`` adds object probes on cutouts the
 probe never trained on; ``--probes`` picks the probes (``background/...``: a diagnostic on demo-data
-scenes, which background photo a scene was built on); ``--probe-epochs`` also probes epoch
+scenes, which background photo a scene was built on); ``--probe-wd auto`` cross-validates the
+linear probes' weight decay (``sslkit linprobe --wd auto``); ``--probe-epochs`` also probes epoch
 checkpoints of the image-level runs; ``--set KEY=VALUE`` passes a pretraining setting to every run
 and ``--seed`` seeds the runs, the probes and the random init (``benchmarks/seeds.py`` summarises
 runs over seeds). Proposals are made only for the methods that need them. Finished runs
@@ -129,6 +130,12 @@ def main() -> None:
                          "mid-schedule weights, not shorter runs); keeps every epoch checkpoint")
     ap.add_argument("--heldout", type=float, default=0.0,
                     help="also probe object crops of held-out cutouts (this fraction per category; 0: off)")
+    ap.add_argument("--probe-wd", default="1e-4",
+                    help="--wd of the linear probes: a value, or 'auto' / a comma list to cross-validate it on the "
+                         "probe's training split (folds grouped by image; for held-out cutouts by cutout photo, the "
+                         "annotation field 'source'). Other than 1e-4, the linear probes' files and the summary "
+                         "get the suffix -wdVALUE (OUT/quality-wdauto.json), so runs are probed again without "
+                         "overwriting the default's")
     args = ap.parse_args()
 
     out = args.out
@@ -226,15 +233,20 @@ def main() -> None:
         splits["objects-unseen"] = heldout_split(train, val, args.heldout, out)
         image_root, val_root = (coco_image_root(p) for p in (train, val))
         probes += (("objects-unseen", "linear", "top1"), ("objects-unseen", "knn", "top1"))
+    tag = "" if args.probe_wd == "1e-4" else "-wd" + args.probe_wd.replace(",", "_")
+    cross_validated = args.probe_wd == "auto" or "," in args.probe_wd
     rows = []
     for name, (w, secs) in weights.items():
         res = {"method": name, "pretrain_s": round(float(secs), 1)}
         for task, protocol, metric in probes:
-            mfile = out / f"probe_{name.replace(' @ epoch ', '_e')}_{task}_{protocol}.json"
+            suffix = tag if protocol == "linear" else ""
+            mfile = out / f"probe_{name.replace(' @ epoch ', '_e')}_{task}_{protocol}{suffix}.json"
             if not mfile.exists():
                 extra = ["--arch", args.arch] if w == "random" else []
                 if protocol == "linear":
-                    extra += ["--solver", "lbfgs"]
+                    extra += ["--solver", "lbfgs", "--wd", args.probe_wd]
+                    if cross_validated and task == "objects-unseen":  # folds hold out cutouts, as the probe does
+                        extra += ["--cv-group", "source"]
                 ptrain, pval = splits[task]
                 if task == "objects-unseen":  # the split files live in OUT, the images beside train.json
                     extra += ["--image-root", image_root, "--val-image-root", val_root]
@@ -249,7 +261,7 @@ def main() -> None:
     print("|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(str(r[c]) for c in cols) + " |")
-    (out / "quality.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+    (out / f"quality{tag}.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                   "rows": rows}, indent=2))
 
 

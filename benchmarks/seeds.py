@@ -2,7 +2,8 @@
 
     python benchmarks/seeds.py bench-runs/qbig-s0 bench-runs/qbig-s1 bench-runs/qbig-s2 bench-runs/qbig-s3
 
-Each argument is the --out folder of one quality.py run (same settings, another --seed); rows are
+Each argument is the --out folder of one quality.py run (same settings, another --seed), or one of
+its summaries (e.g. ``bench-runs/qoc150-s1/quality-wdauto.json``, from ``--probe-wd auto``); rows are
 matched by their method name. Prints a markdown table (mean ± sample sd, n seeds) and, for every
 row but the first, the mean paired difference to the first row (random init) with its standard
 error: the seeds pair the rows (the same seed draws the random init, the pretraining run and the
@@ -18,15 +19,15 @@ from pathlib import Path
 
 
 def load(folder: Path) -> list[dict]:
-    path = folder / "quality.json"
+    path = folder if folder.suffix == ".json" else folder / "quality.json"
     if not path.exists():
-        raise SystemExit(f"{path}: missing (run benchmarks/quality.py --out {folder} first)")
+        raise SystemExit(f"{path}: missing (run benchmarks/quality.py --out {path.parent} first)")
     return json.loads(path.read_text())["rows"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", type=Path, help="quality.py --out folders, one per seed")
+    ap.add_argument("runs", nargs="+", type=Path, help="quality.py --out folders (or summary .json files), one per seed")
     args = ap.parse_args()
     if len(args.runs) < 2:
         raise SystemExit("give at least two runs (one per seed)")

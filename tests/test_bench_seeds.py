@@ -28,3 +28,16 @@ def test_seeds_needs_finished_runs(tmp_path):
     run = write_run(tmp_path / "s0", 1, 2)
     r = subprocess.run([sys.executable, str(SCRIPT), str(run), str(tmp_path / "missing")], capture_output=True, text=True)
     assert r.returncode != 0 and "missing/quality.json: missing" in r.stderr
+
+
+def test_seeds_reads_named_summaries(tmp_path):
+    """quality.py --probe-wd auto writes OUT/quality-wdauto.json beside quality.json; seeds.py takes such files."""
+    runs = [write_run(tmp_path / f"s{i}", r, b) for i, (r, b) in enumerate([(10, 13), (12, 14)])]
+    files = []
+    for i, run in enumerate(runs):
+        (run / "quality-wdauto.json").write_text(json.dumps({"args": {}, "rows": [
+            {"method": "random", "pretrain_s": 0.0, "objects/knn top1": 20 + i},
+            {"method": "byol", "pretrain_s": 9.0, "objects/knn top1": 30 + i}]}))
+        files.append(run / "quality-wdauto.json")
+    out = subprocess.run([sys.executable, str(SCRIPT), *map(str, files)], capture_output=True, text=True, check=True).stdout
+    assert "| random | 20.50 ± 0.71 |" in out and "(Δ +10.00 ± 0.00)" in out
