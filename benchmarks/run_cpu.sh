@@ -106,6 +106,43 @@ $PY benchmarks/quality.py --data $QO --out "$OUT/qoc150" --epochs 150 $TQ --meth
   --heldout 0.3 --probes $Q3 | tee "$OUT/qoc150.md"
 $PY benchmarks/quality.py --data $QO --out "$OUT/qoc150-tau96" --epochs 150 $TQ --methods byol --probe-epochs 30,90 \
   --heldout 0.3 --probes $Q3 --set ema_momentum=0.96 | tee "$OUT/qoc150-tau96.md"
+# four seeds of the 150-epoch BYOL run (seed 0 is qoc150), then every linear probe again with the weight decay
+# cross-validated on the probe's training split (--probe-wd auto; the held-out-cutout probe's folds hold out cutouts)
+for s in 1 2 3; do
+  $PY benchmarks/quality.py --data $QO --out "$OUT/qoc150-s$s" --epochs 150 $TQ --methods byol --heldout 0.3 \
+    --seed $s --probes $Q3 | tee "$OUT/qoc150-s$s.md"
+done
+$PY benchmarks/seeds.py "$OUT"/qoc150 "$OUT"/qoc150-s{1,2,3} | tee "$OUT/qoc150-seeds.md"
+$PY benchmarks/quality.py --data $QO --out "$OUT/qoc150-tau96-s1" --epochs 150 $TQ --methods byol --heldout 0.3 \
+  --seed 1 --probes $Q3 --set ema_momentum=0.96 | tee "$OUT/qoc150-tau96-s1.md"
+# diagnostic: the held-out-cutout linear probe at fixed weight decays (scored on the validation objects)
+for s in 0 1 2 3; do
+  d="$OUT/qoc150-s$s"; [ $s = 0 ] && d="$OUT/qoc150"
+  for w in random "$d/byol/last.pth"; do
+    for wd in 1e-4 1e-3 3e-3 1e-2 3e-2 1e-1; do
+      echo "seed $s $w wd $wd: $($SS linprobe $w --arch resnet_tiny --solver lbfgs --wd $wd --task objects \
+        --image-root $QO/images --train "$d/probe_train_seen.json" --val "$d/probe_val_unseen.json" \
+        --image-size 64 --seed $s --json -q | $PY -c 'import json,sys; print(json.load(sys.stdin)["best"]["top1"])')"
+    done
+  done
+done | tee "$OUT/qoc150-wd-sweep.txt"
+for s in 0 1 2 3; do
+  d="$OUT/qoc150-s$s"; [ $s = 0 ] && d="$OUT/qoc150"
+  $PY benchmarks/quality.py --data $QO --out "$d" --epochs 150 $TQ --methods byol --heldout 0.3 --seed $s \
+    --probes $Q3 --probe-wd auto | tee "$d-wdauto.md"
+  $PY benchmarks/quality.py --data $QB --out "$OUT/qbig-s$s" --epochs 30 $TQ --methods byol,simclr --heldout 0.3 \
+    --seed $s --probes $Q3 --probe-wd auto | tee "$OUT/qbig-s$s-wdauto.md"
+done
+$PY benchmarks/seeds.py "$OUT"/qoc150/quality-wdauto.json "$OUT"/qoc150-s{1,2,3}/quality-wdauto.json \
+  | tee "$OUT/qoc150-wdauto-seeds.md"
+$PY benchmarks/seeds.py "$OUT"/qbig-s{0,1,2,3}/quality-wdauto.json | tee "$OUT/qbig-wdauto-seeds.md"
+for s in 0 1; do  # 2,700 steps on the multi-object scenes, fixed and cross-validated probes
+  for wd in 1e-4 auto; do
+    $PY benchmarks/quality.py --data $QB --out "$OUT/qbig150-s$s" --epochs 150 $TQ --methods byol --heldout 0.3 \
+      --seed $s --probes $Q3 --probe-wd $wd | tee "$OUT/qbig150-s$s-wd$wd.md"
+  done
+done
+$PY benchmarks/seeds.py "$OUT"/qbig150-s{0,1}/quality-wdauto.json | tee "$OUT/qbig150-wdauto-seeds.md"
 
 echo "== detection transfer (issue 8): Mask R-CNN R18-FPN(64), 200 iterations, from each 30-epoch checkpoint"
 python3 - "$Q" <<'PY'
