@@ -136,13 +136,13 @@ done
 $PY benchmarks/seeds.py "$OUT"/qoc150/quality-wdauto.json "$OUT"/qoc150-s{1,2,3}/quality-wdauto.json \
   | tee "$OUT/qoc150-wdauto-seeds.md"
 $PY benchmarks/seeds.py "$OUT"/qbig-s{0,1,2,3}/quality-wdauto.json | tee "$OUT/qbig-wdauto-seeds.md"
-for s in 0 1; do  # 2,700 steps on the multi-object scenes, fixed and cross-validated probes
+for s in 0 1 2 3; do  # 2,700 steps on the multi-object scenes, fixed and cross-validated probes
   for wd in 1e-4 auto; do
     $PY benchmarks/quality.py --data $QB --out "$OUT/qbig150-s$s" --epochs 150 $TQ --methods byol --heldout 0.3 \
       --seed $s --probes $Q3 --probe-wd $wd | tee "$OUT/qbig150-s$s-wd$wd.md"
   done
 done
-$PY benchmarks/seeds.py "$OUT"/qbig150-s{0,1}/quality-wdauto.json | tee "$OUT/qbig150-wdauto-seeds.md"
+$PY benchmarks/seeds.py "$OUT"/qbig150-s{0,1,2,3}/quality-wdauto.json | tee "$OUT/qbig150-wdauto-seeds.md"
 
 echo "== detection transfer (issue 8): Mask R-CNN R18-FPN(64), 200 iterations, from each 30-epoch checkpoint"
 python3 - "$Q" <<'PY'
