@@ -192,11 +192,8 @@ class FeatureSet:
     def row_groups(self, split: LabelledSplit) -> np.ndarray:
         """(M,) each row's ``Item.groups`` value (the split must be loaded with a ``group_field``)."""
         by_id = {it.image_id: it for it in split.items}
-        out = np.empty(len(self.labels), object)
-        first = np.flatnonzero(np.r_[True, self.image_index[1:] != self.image_index[:-1]])
-        for start, stop in zip(first, np.r_[first[1:], len(self.labels)], strict=True):
-            out[start:stop] = by_id[int(self.image_ids[start])].groups
-        return out
+        _, first_row = np.unique(self.image_index, return_index=True)  # rows of an image are contiguous
+        return np.array([g for i in self.image_ids[first_row] for g in by_id[int(i)].groups], object)
 
 
 def feature_key(weights_meta: dict, split: LabelledSplit, prep: Preprocess, layers: list[str], pool: str) -> dict:

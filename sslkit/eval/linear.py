@@ -171,11 +171,9 @@ def group_folds(groups: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
 
 
 def _fold_metric(scores: np.ndarray, y: np.ndarray, multilabel: bool) -> float:
-    from sslkit.eval.metrics import mean_ap
+    from sslkit.eval.metrics import mean_ap, topk_accuracy
 
-    if multilabel:
-        return mean_ap(scores, y)["mAP"]
-    return float((scores.argmax(1) == y).mean() * 100.0)
+    return mean_ap(scores, y)["mAP"] if multilabel else topk_accuracy(scores, y, ks=(1,))["top1"]
 
 
 def select_weight_decay(x: np.ndarray, y: np.ndarray, groups: np.ndarray, num_classes: int, multilabel: bool,
@@ -198,9 +196,9 @@ def select_weight_decay(x: np.ndarray, y: np.ndarray, groups: np.ndarray, num_cl
             vals.append(_fold_metric(predict(head, x[held], device), y[held], multilabel))
             if progress:
                 progress.advance(task)
-        table.append(float(np.nanmean(vals)) if not np.all(np.isnan(vals)) else float("nan"))
-    means = np.nan_to_num(np.array(table), nan=-np.inf)
-    best = max(range(len(grid)), key=lambda i: (means[i], grid[i]))
+        valid = [v for v in vals if not np.isnan(v)]  # a multi-label fold may have no positives at all
+        table.append(float(np.mean(valid)) if valid else float("nan"))
+    best = max(range(len(grid)), key=lambda i: (-np.inf if np.isnan(table[i]) else table[i], grid[i]))
     return grid[best], {"grid": list(grid), "folds": folds, "fold_sizes": np.bincount(fold, minlength=folds).tolist(),
                         "cv_metric": "mAP" if multilabel else "top1", "cv_scores": [round(v, 4) for v in table],
                         "chosen": grid[best]}

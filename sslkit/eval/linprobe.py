@@ -150,7 +150,8 @@ def run_linprobe(weights: str, train: str, val: str, *, task: str | None = None,
     t0 = time.perf_counter()
     device = resolve_device(s.device)
     net, meta = load_backbone(weights, arch=arch, encoder=encoder, seed=s.seed)
-    by_field = bool(s.wd_grid) and s.protocol == "linear" and s.cv_group != "image"
+    searching = bool(s.wd_grid) and s.protocol == "linear"
+    by_field = searching and s.cv_group != "image"
     tr = load_split(train, task, image_root, s.min_box, group_field=s.cv_group if by_field else None)
     va = load_split(val, task, val_image_root if val_image_root is not None else image_root, s.min_box, reference=tr)
     prep = Preprocess(s.image_size, s.box_scale, tuple(meta["pixel_mean"]), tuple(meta["pixel_std"]))
@@ -178,10 +179,11 @@ def run_linprobe(weights: str, train: str, val: str, *, task: str | None = None,
                 notes.append(f"only {steps} SGD steps ({len(ftr.labels)} samples, {s.linear.epochs} epochs of batch "
                              f"{s.linear.batch_size}); small data converges better with --solver lbfgs or more --epochs")
         groups = None
-        if s.wd_grid and s.protocol == "linear":
+        if searching:
             groups = ftr.row_groups(tr) if by_field else ftr.image_ids
-            if len(np.unique(groups)) < s.folds:
-                raise UserError(f"{len(np.unique(groups))} {s.cv_group} groups in the training split cannot make "
+            n_groups = len(np.unique(groups))
+            if n_groups < s.folds:
+                raise UserError(f"{n_groups} {s.cv_group} groups in the training split cannot make "
                                 f"{s.folds} cross-validation folds", train, "lower --folds or pass a single --wd")
         results = {}
         extra_out = {}
