@@ -136,7 +136,7 @@ def _latents():
 def _gather_worker(rank, world, port, out_dir):
     import torch.distributed as dist
 
-    from sslkit.engine import dist as sdist
+    from sslkit import dist as sdist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)

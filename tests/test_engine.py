@@ -13,17 +13,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit.engine import config as C
-from sslkit.engine.data import ImageDataset, StepBatchSampler
-from sslkit.engine.ema import ema_update
+from sslkit.engine.data import StepBatchSampler
 from sslkit.engine.optim import LARS, build_optimizer
-from sslkit.engine.schedules import WarmupCosine, cosine_momentum, scaled_lr
+from sslkit.engine.schedules import WarmupCosine, scaled_lr
 from sslkit.errors import UserError
 from sslkit.methods import METHODS
 from sslkit.methods.byol import BYOL, byol_loss
 from sslkit.methods.mocov2 import MoCoV2, info_nce
 from sslkit.methods.simclr import SimCLR, nt_xent
+from sslkit.models.ema import cosine_momentum, ema_update
 from sslkit.models.heads import byol_mlp, mocov2_projector, simclr_projector
 from sslkit.transforms import MultiView, ViewAug, build_view, byol_views, separable_gaussian_blur
+from sslkit.views.dataset import ImageDataset
 from tests.conftest import assert_learns, free_port, train_on_fixed_batch
 
 TINY = {"arch": "resnet_tiny", "image_size": 32, "batch_size": 8, "proj_hidden_dim": 64, "pred_hidden_dim": 64,
@@ -93,7 +94,7 @@ def _gather_worker(rank, world, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        from sslkit.engine import dist as sdist
+        from sslkit import dist as sdist
 
         g = torch.Generator().manual_seed(0)
         z1, z2 = torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g)
@@ -469,7 +470,7 @@ def test_resume_refuses_to_change_what_defines_the_run():
 
 
 def test_launcher_detection_reads_torchrun_and_srun_environments(monkeypatch):
-    from sslkit.engine.dist import detect_launcher
+    from sslkit.dist import detect_launcher
 
     monkeypatch.setattr(os, "environ", {})  # a clean environment; detect_launcher also writes to it
     assert detect_launcher() is None

@@ -1,74 +1,15 @@
-"""Shared CLI pieces: progress bars, JSON output, console."""
+"""What the subcommands share beyond :mod:`sslkit.console`: JSON output."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
-from collections.abc import Iterator
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from sslkit.console import console, info, progress, stdout, warn
 
-console = Console(stderr=True, highlight=False)
-stdout = Console(highlight=False)
-
-
-class _Rate(TextColumn):
-    def __init__(self, unit: str):
-        super().__init__("")
-        self.unit = unit
-
-    def render(self, task):  # type: ignore[override]
-        from rich.text import Text
-
-        speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:.1f} {self.unit}/s", style="cyan")
-
-
-class _Quiet:
-    def add_task(self, *a, **k):
-        return 0
-
-    def update(self, *a, **k):
-        pass
-
-    def advance(self, *a, **k):
-        pass
-
-
-@contextlib.contextmanager
-def progress(quiet: bool = False, unit: str = "img") -> Iterator[Progress | _Quiet]:
-    """A rich progress bar with count, rate and ETA (to stderr); a no-op with ``quiet``."""
-    if quiet:
-        yield _Quiet()
-        return
-    p = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-        _Rate(unit), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-        console=console, transient=False,
-    )
-    with p:
-        yield p
+__all__ = ["console", "info", "print_json", "progress", "stdout", "warn"]
 
 
 def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
     sys.stdout.flush()
-
-
-def warn(msg: str) -> None:
-    console.print(f"[yellow]warning:[/] {msg}")
-
-
-def info(msg: str, quiet: bool = False) -> None:
-    if not quiet:
-        console.print(msg)

@@ -114,8 +114,8 @@ def run_detect(weights: str | None, out: Path, flags: dict, *, engine: Engine, d
                procs: int | None, nodes: int, node_rank: int | None, rdzv_endpoint: str | None, resume: bool | None,
                eval_only: bool, dry_run: bool, quiet: bool) -> dict | None:
     from sslkit.cli.pretrain import peek_config
+    from sslkit.dist import detect_launcher
     from sslkit.engine.config import default_workers, dump_yaml, resolve_precision
-    from sslkit.engine.dist import detect_launcher
     from sslkit.eval.detect import train as T
     from sslkit.io.artefacts import command_line
 

@@ -100,8 +100,8 @@ def peek_config(path: Path) -> dict:
 def run_pretrain(images: Path | None, out: Path | None, flags: dict, config_file: Path | None, sets: list[str],
                  gpus: int | None, procs: int | None, nodes: int, node_rank: int | None, rdzv_endpoint: str | None,
                  resume: bool | None, print_config: bool, quiet: bool) -> dict | None:
+    from sslkit.dist import detect_launcher
     from sslkit.engine import config as C
-    from sslkit.engine.dist import detect_launcher
     from sslkit.engine.trainer import LAST, RunOptions
     from sslkit.io.artefacts import command_line
     from sslkit.methods import get_method

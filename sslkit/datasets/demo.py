@@ -78,7 +78,7 @@ class _Instance:
 
 
 def _log(quiet: bool):
-    from sslkit.cli.common import info
+    from sslkit.console import info
 
     return lambda msg: info(msg, quiet)
 
@@ -188,7 +188,7 @@ def _render(folder: Path, src: SourceSet, n: int, min_side: int, max_side: int, 
     import cv2
     from pycocotools import mask as mask_utils
 
-    from sslkit.cli.common import progress
+    from sslkit.console import progress
 
     (folder / "images").mkdir()
     cat_ids = {name: k for k, (name, _) in enumerate(src.categories, start=1)}

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from sslkit.cli.common import console, progress, warn
+from sslkit.console import console, progress, warn
 
 
 def truncate_jsonl(path: Path, last_step: int) -> None:

@@ -43,19 +43,3 @@ class WarmupCosine:
 
     def state_dict(self) -> dict:
         return {"name": "warmup_cosine", **asdict(self)}
-
-
-def cosine_momentum(step: int, total_steps: int, base: float, final: float = 1.0) -> float:
-    """BYOL's target-momentum schedule τ_k = 1 − (1 − τ_base)·(cos(πk/K) + 1)/2 (BYOL §3.2; ORL §3.2):
-    τ_0 = base, τ_K = final (1.0)."""
-    t = min(1.0, step / max(1, total_steps))
-    return final - (final - base) * (math.cos(math.pi * t) + 1.0) / 2.0
-
-
-def ema_momentum(schedule: str, step: int, total_steps: int, base: float) -> float:
-    """``cosine`` (BYOL) or ``constant`` (MoCo's fixed m)."""
-    if schedule == "cosine":
-        return cosine_momentum(step, total_steps, base)
-    if schedule == "constant":
-        return base
-    raise ValueError(f"unknown EMA schedule {schedule!r}")

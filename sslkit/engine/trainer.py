@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sslkit.cli.common import warn
-from sslkit.engine import dist
+from sslkit import dist
+from sslkit.console import warn
 from sslkit.engine.config import dump_yaml, resolve_precision
 from sslkit.engine.data import SkipAwareCollate, StepBatchSampler
 from sslkit.engine.logger import RunLogger

@@ -179,8 +179,8 @@ class _Images(Dataset):
         from torchvision.transforms import v2 as T
         from torchvision.transforms.v2 import functional as TF
 
-        from sslkit.engine.data import sample_seed
         from sslkit.io.images import ImageDecodeError
+        from sslkit.views.dataset import sample_seed
 
         epoch, i = key if self.train else (0, key)
         s = self.samples[i]
@@ -213,7 +213,7 @@ def _collate(items):
 def epoch_batches(n: int, batch: int, seed: int, epoch: int) -> list[list[tuple[int, int]]]:
     """The batches of one epoch: a seeded permutation cut into ``batch``-sized pieces (a last piece of
     one sample joins the one before, since BatchNorm needs two)."""
-    from sslkit.engine.data import sample_seed
+    from sslkit.views.dataset import sample_seed
 
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(sample_seed(seed, 1, epoch))).tolist()
     out = [perm[k:k + batch] for k in range(0, n, batch)]

@@ -80,9 +80,9 @@ class Method(nn.Module, abc.ABC):
 
         The engine's sampler asks for items by ``(epoch, index)`` keys; an item is
         ``(sample, skipped)`` with ``skipped`` a list of ``(file_name, reason)`` of unreadable images
-        it replaced (see :class:`sslkit.engine.data.ImageDataset`). Samples are collated by ``collate``.
+        it replaced (see :class:`sslkit.views.dataset.ImageDataset`). Samples are collated by ``collate``.
         """
-        from sslkit.engine.data import ImageDataset
+        from sslkit.views.dataset import ImageDataset
 
         return ImageDataset(source, cls.make_transform(cfg), seed=cfg["seed"])
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sslkit.engine.ema import ema_update, frozen_copy
-from sslkit.engine.schedules import ema_momentum
 from sslkit.methods.base import Method
+from sslkit.models.ema import ema_momentum, ema_update, frozen_copy
 from sslkit.models.heads import byol_mlp
 from sslkit.transforms import MultiView, byol_views, tune_views
 

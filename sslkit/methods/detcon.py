@@ -24,7 +24,7 @@ from dataclasses import replace
 
 import torch
 
-from sslkit.engine import dist
+from sslkit import dist
 from sslkit.errors import UserError
 from sslkit.methods.base import Method
 from sslkit.methods.byol import OnlineTarget

@@ -12,10 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sslkit.engine import dist
-from sslkit.engine.ema import ema_update, frozen_copy
-from sslkit.engine.schedules import ema_momentum
+from sslkit import dist
 from sslkit.methods.base import Method
+from sslkit.models.ema import ema_momentum, ema_update, frozen_copy
 from sslkit.models.heads import mocov2_projector
 from sslkit.transforms import MultiView, mocov2_views, tune_views
 

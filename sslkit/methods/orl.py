@@ -170,7 +170,7 @@ class ORL(BYOL):
             _check_head_sizes(cfg, cfg["init_from"], projector, predictor)
         st = pairs.stats()
         if st["images_without_boxes"] or st["images_without_pairs"]:
-            from sslkit.cli.common import warn
+            from sslkit.console import warn
 
             warn(f"{cfg['views']}: {st['images_without_boxes']} of {st['images']} images have no boxes (the whole "
                  f"image is their box) and {st['images_without_pairs']} no RoI pairs (their intra pair is used); "

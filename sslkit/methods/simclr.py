@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sslkit.engine import dist
+from sslkit import dist
 from sslkit.methods.base import Method
 from sslkit.models.heads import simclr_projector
 from sslkit.transforms import MultiView, simclr_views, tune_views

@@ -181,7 +181,7 @@ def run_propose(
     quiet: bool = False,
 ) -> Summary:
     """Compute ``algo`` over ``source`` (or one shard of it) into the artefact ``output``; resumable."""
-    from sslkit.cli.common import info, progress
+    from sslkit.console import info, progress
 
     output = Path(output)
     check_output(output, FORMAT, overwrite)
@@ -259,7 +259,7 @@ def run_propose(
 
 def merge_shards(inputs: Sequence[Path], output: Path, *, overwrite: bool = False, quiet: bool = False) -> Summary:
     """Join the shard files of one job into the file a single run would have written."""
-    from sslkit.cli.common import progress
+    from sslkit.console import progress
 
     output = Path(output)
     if any(Path(p).resolve() == output.resolve() for p in inputs):

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torchvision import tv_tensors
 
-from sslkit.engine.data import ImageDataset
 from sslkit.errors import UserError
 from sslkit.io.images import ImageSource
 from sslkit.methods.detcon_ops import cell_owners
 from sslkit.transforms import ViewAug, build_view, to_image
+from sslkit.views.dataset import ImageDataset
 
 #: segment ids of label-map field s are offset by s·FIELD_OFFSET (uint16 ids never collide)
 FIELD_OFFSET = 1 << 16
@@ -137,7 +137,7 @@ class DetConViews:
 class DetConDataset(ImageDataset):
     """Images of a source with their label maps from a :class:`MaskStore`, as DetCon samples.
 
-    An :class:`~sslkit.engine.data.ImageDataset` (items keyed by ``(epoch, index)``, unreadable
+    An :class:`~sslkit.views.dataset.ImageDataset` (items keyed by ``(epoch, index)``, unreadable
     images replaced and reported, per-sample seeding) whose samples also carry the image's masks.
     """
 

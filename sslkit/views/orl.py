@@ -50,10 +50,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sslkit.engine.data import ImageDataset
 from sslkit.errors import UserError
 from sslkit.io.images import ImageSource
 from sslkit.proposals.filters import ORL_DEFAULTS
+from sslkit.views.dataset import ImageDataset
 
 FORMAT = "sslkit.views"
 VIEWS_KIND = "orl-pairs"
@@ -574,7 +574,7 @@ def sample_orl_views(source: ImageSource, proposals: Path | None, ckpt: Path, ou
     writes the same file as an uninterrupted run; the folder is removed at the end.
     """
     from sslkit import __version__
-    from sslkit.cli.common import info, progress
+    from sslkit.console import info, progress
     from sslkit.eval.features import Preprocess
     from sslkit.io.artefacts import ArtefactWriter, ChunkStage, check_output
     from sslkit.io.atomic import atomic_path
@@ -649,7 +649,7 @@ def sample_orl_views(source: ImageSource, proposals: Path | None, ckpt: Path, ou
             raise UserError(f"only {n} readable image(s); ORL's kNN needs at least 2", source.root)
         k = min(p.knn, n - 1)
         if k < p.knn:
-            from sslkit.cli.common import warn
+            from sslkit.console import warn
 
             warn(f"only {n} images: using K = {k} neighbours instead of {p.knn}")
 
@@ -736,7 +736,7 @@ def merge_orl_shards(inputs: Sequence[Path], output: Path, *, overwrite: bool = 
     Every shard file holds the whole image table with boxes and neighbours; each computed the
     pairs of its contiguous range of query rows, which are taken from it.
     """
-    from sslkit.cli.common import progress
+    from sslkit.console import progress
     from sslkit.io.artefacts import Artefact, ArtefactWriter, Record, check_output
 
     output = Path(output)

@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sslkit.engine.data import ImageDataset
 from sslkit.errors import UserError
 from sslkit.io.images import ImageSource
 from sslkit.proposals.algorithms import BoxFilter
 from sslkit.proposals.filters import box_iou
 from sslkit.views import check_box_source
+from sslkit.views.dataset import ImageDataset
 
 FORMAT = "sslkit.views"
 VIEWS_KIND = "univip-candidates"
@@ -85,7 +85,7 @@ def build_candidates(source: ImageSource, out: Path, *, proposals: Path | None, 
 
     Atomic (temporary file + rename). Returns a summary (counts, thresholds, time).
     """
-    from sslkit.cli.common import progress
+    from sslkit.console import progress
     from sslkit.io.artefacts import Artefact, ArtefactWriter, Record, check_output
     from sslkit.proposals.driver import source_params
 
@@ -437,7 +437,7 @@ class UniVIPViews:
 
 class UniVIPDataset(ImageDataset):
     """Images of a source with their candidates (or none), as UniVIP samples; an
-    :class:`~sslkit.engine.data.ImageDataset` (``(epoch, index)`` keys, per-sample seeding)."""
+    :class:`~sslkit.views.dataset.ImageDataset` (``(epoch, index)`` keys, per-sample seeding)."""
 
     def __init__(self, source: ImageSource, store: CandidateStore | None, views: UniVIPViews, seed: int):
         if store is not None:

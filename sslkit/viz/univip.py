@@ -46,7 +46,7 @@ def render(art, row: int, image: np.ndarray, opts: ShowOptions) -> Rendering:
     import cv2
     from PIL import Image
 
-    from sslkit.engine.data import sample_seed
+    from sslkit.views.dataset import sample_seed
     from sslkit.views.univip import PairSampler, crop_resize
 
     k = opts.top or DEFAULT_K

@@ -186,7 +186,7 @@ class TrainImages(Dataset):
         return len(self.indices)
 
     def __getitem__(self, key: tuple[int, int]):
-        from sslkit.engine.data import sample_seed
+        from sslkit.views.dataset import sample_seed
 
         it, pos = key
         n = len(self.indices)
@@ -228,7 +228,7 @@ def collate(items):
 
 def batch_stream(num: int, batch: int, seed: int, groups: np.ndarray | None, salt: int = 0) -> Iterator[list[int]]:
     """Endless global batches (positions in ``0..num-1``), aspect-grouped; a function of ``seed`` alone."""
-    from sslkit.engine.data import sample_seed
+    from sslkit.views.dataset import sample_seed
 
     buckets: dict[int, list[int]] = {}
     epoch = 0

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sslkit.engine import dist
+from sslkit import dist
 from sslkit.errors import UserError
 
 LAST = "last.pth"
@@ -230,7 +230,7 @@ def train(cfg: dict, opts: DetectOptions) -> dict | None:
 
 
 def _run(cfg: dict, opts: DetectOptions, info: dist.DistInfo) -> dict | None:
-    from sslkit.cli.common import progress
+    from sslkit.console import progress
     from sslkit.engine.config import dump_yaml
     from sslkit.engine.trainer import Amp, SkippedImages, clear_run_outputs
     from sslkit.eval.detect.data import load_detection_split
@@ -386,7 +386,7 @@ def _run(cfg: dict, opts: DetectOptions, info: dist.DistInfo) -> dict | None:
 
 def _say(enabled: bool, text: str) -> None:
     if enabled:
-        from sslkit.cli.common import console
+        from sslkit.console import console
 
         console.print(text)
 

@@ -1,8 +1,10 @@
-"""Exponential moving average (target / momentum encoders): ξ ← τ·ξ + (1 − τ)·θ."""
+"""Exponential moving average (target / momentum encoders): ξ ← τ·ξ + (1 − τ)·θ, and its momentum
+schedules (pure functions of the optimizer step, so a resumed run recomputes the same τ)."""
 
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -28,3 +30,19 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     if len(t) != len(o):
         raise ValueError(f"EMA pair differs in structure ({len(t)} vs {len(o)} parameters)")
     torch._foreach_lerp_(t, o, 1.0 - momentum)
+
+
+def cosine_momentum(step: int, total_steps: int, base: float, final: float = 1.0) -> float:
+    """BYOL's target-momentum schedule τ_k = 1 − (1 − τ_base)·(cos(πk/K) + 1)/2 (BYOL §3.2; ORL §3.2):
+    τ_0 = base, τ_K = final (1.0)."""
+    t = min(1.0, step / max(1, total_steps))
+    return final - (final - base) * (math.cos(math.pi * t) + 1.0) / 2.0
+
+
+def ema_momentum(schedule: str, step: int, total_steps: int, base: float) -> float:
+    """``cosine`` (BYOL) or ``constant`` (MoCo's fixed m)."""
+    if schedule == "cosine":
+        return cosine_momentum(step, total_steps, base)
+    if schedule == "constant":
+        return base
+    raise ValueError(f"unknown EMA schedule {schedule!r}")
