@@ -9,27 +9,10 @@ The resolved mapping is saved as ``RUN_DIR/config.yaml`` and in every checkpoint
 
 from __future__ import annotations
 
-import difflib
-import math
-import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-import yaml
-
+from sslkit.config import Key, apply_layer, default_workers, dump_yaml, load_config_file, parse_set  # noqa: F401
+from sslkit.config import frozen_changes as _frozen_changes
+from sslkit.config import resolve as _resolve
 from sslkit.errors import UserError
-
-
-@dataclass(frozen=True)
-class Key:
-    default: Any
-    kind: type  # bool, int, float, str
-    help: str
-    choices: tuple | None = None
-    runtime: bool = False  # may change when resuming
-    optional: bool = False  # None is a valid value
-
 
 #: keys every method has; a method's DEFAULTS override these defaults and add its own keys
 ENGINE_KEYS: dict[str, Key] = {
@@ -92,105 +75,15 @@ def method_keys(method_cls) -> dict[str, Key]:
     return keys
 
 
-def load_config_file(path: str | os.PathLike) -> dict:
-    """A flat mapping from a ``.yaml``/``.yml`` or ``.toml`` file."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError("no such config file", p)
-    try:
-        if p.suffix.lower() == ".toml":
-            import tomllib
-
-            data = tomllib.loads(p.read_text())
-        elif p.suffix.lower() in (".yaml", ".yml"):
-            data = yaml.safe_load(p.read_text())
-        else:
-            raise UserError("config files must be .yaml, .yml or .toml", p)
-    except (yaml.YAMLError, ValueError) as e:
-        raise UserError(f"cannot parse the config ({str(e).splitlines()[0]})", p) from e
-    if data is None:
-        return {}
-    if not isinstance(data, dict) or any(isinstance(v, dict) for v in data.values()):
-        raise UserError("a config file is a flat mapping of key: value", p, "see docs/pretrain.md")
-    return data
-
-
-def parse_set(items: list[str]) -> dict:
-    """``["lr=0.3", "sync_bn=false"]`` → ``{"lr": 0.3, "sync_bn": False}`` (values parsed as YAML)."""
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise UserError(f"--set {item!r} is not KEY=VALUE")
-        k, v = item.split("=", 1)
-        out[k.strip().replace("-", "_")] = yaml.safe_load(v) if v.strip() else None
-    return out
-
-
-def _coerce(name: str, key: Key, value: Any, where: str) -> Any:
-    if value is None:
-        if key.optional:
-            return None
-        raise UserError(f"{name} cannot be empty", where)
-    try:
-        if key.kind is bool:
-            if isinstance(value, bool):
-                out = value
-            elif isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
-                out = value.lower() in ("true", "yes", "on", "1")
-            else:
-                raise ValueError
-        elif key.kind is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            out = int(value)
-        elif key.kind is float:
-            if isinstance(value, bool):
-                raise ValueError
-            out = float(value)  # also "1e-4", which YAML 1.1 reads as a string
-            if not math.isfinite(out):
-                raise ValueError
-        else:
-            if not isinstance(value, str):
-                raise ValueError
-            out = value
-    except (ValueError, TypeError):
-        raise UserError(f"{name}={value!r} is not a valid {key.kind.__name__}", where) from None
-    if key.choices and out not in key.choices:
-        raise UserError(f"{name}={out!r} is not one of {', '.join(map(str, key.choices))}", where)
-    return out
-
-
-def _unknown(name: str, keys: dict[str, Key], where: str, method: str) -> UserError:
-    close = difflib.get_close_matches(name, list(keys), n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"see `sslkit pretrain --method {method} --print-config`"
-    return UserError(f"{method} has no setting {name!r}", where, hint)
-
-
-def apply_layer(cfg: dict, keys: dict[str, Key], layer: dict, where: str, method: str) -> dict:
-    """``cfg`` updated with ``layer``'s validated values."""
-    out = dict(cfg)
-    for name, value in layer.items():
-        if name not in keys:
-            raise _unknown(name, keys, where, method)
-        out[name] = _coerce(name, keys[name], value, where)
-    return out
-
-
 def resolve(method_cls, layers: list[tuple[str, dict]], base: dict | None = None) -> dict:
     """Defaults (or ``base``, a checkpoint's config) overlaid by ``layers`` ``[(where, mapping), …]``."""
-    keys = method_keys(method_cls)
-    cfg = {k: v.default for k, v in keys.items()} if base is None else dict(base)
-    for k, v in keys.items():
-        cfg.setdefault(k, v.default)  # keys added by a newer sslkit
-    for where, layer in layers:
-        cfg = apply_layer(cfg, keys, layer, where, method_cls.name)
-    return cfg
+    return _resolve(method_keys(method_cls), layers, base, owner=method_cls.name,
+                    listing=f"sslkit pretrain --method {method_cls.name} --print-config")
 
 
 def frozen_changes(method_cls, old: dict, new: dict) -> list[str]:
     """Keys that define the run and differ between ``old`` (the checkpoint's) and ``new``."""
-    keys = method_keys(method_cls)
-    return [k for k, key in keys.items() if not key.runtime and k in old and old.get(k) != new.get(k)]
+    return _frozen_changes(method_keys(method_cls), old, new)
 
 
 def validate(cfg: dict) -> None:
@@ -248,14 +141,3 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
-def default_workers(procs_per_node: int) -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        cpus = os.cpu_count() or 1
-    return max(0, min(8, cpus // max(1, procs_per_node) - 1))
-
-
-def dump_yaml(cfg: dict, header: str = "") -> str:
-    body = yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)
-    return (header + body) if header else body

@@ -12,7 +12,9 @@ A method is an ``nn.Module`` built from the resolved config. It owns
   exported (e.g. BYOL's online and target networks), and ``default_encoder``;
 * class-level ``DEFAULTS`` (its hyper-parameters, overriding the engine's defaults where they
   differ, e.g. optimizer and lr) with ``HELP`` for its own keys, and :meth:`make_transform`, the
-  view pipeline for one decoded image.
+  view pipeline for one decoded image;
+* optionally ``view_stage``, its offline view stage (:class:`sslkit.views.stage.ViewStage`), which
+  ``sslkit sample-views -m NAME`` runs.
 
 It has no loop, data loader, checkpoint or CLI code: those are the engine's.
 """
@@ -28,6 +30,7 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from sslkit.models.backbones import build_backbone
+from sslkit.views.stage import ViewStage
 
 
 class Method(nn.Module, abc.ABC):
@@ -41,6 +44,8 @@ class Method(nn.Module, abc.ABC):
     default_encoder: ClassVar[str] = ""
     #: how the method's batch is collated (a tuple of view tensors by default)
     collate: ClassVar[Callable] = staticmethod(default_collate)
+    #: its offline view stage (``sslkit sample-views -m NAME``), if it has one
+    view_stage: ClassVar[type[ViewStage] | None] = None
 
     def __init__(self, cfg: dict):
         super().__init__()
