@@ -5,12 +5,12 @@ Two measurements, both implementations in the same process and run, same backbon
 (SGD, momentum 0.9, weight decay 1e-4):
 
 * ``step``: the training step alone on identical pre-made tensors (no data loading).
-  sslkit: ``sslkit.engine.trainer.train_step`` on ``sslkit.methods.BYOL`` (the code path
+  sslkit: ``sslkit.engine.loop.train_step`` on ``sslkit.methods.BYOL`` (the code path
   ``sslkit pretrain`` runs). lightly: the BYOL of lightly's docs/examples
   (``BYOLProjectionHead``, ``BYOLPredictionHead``, ``NegativeCosineSimilarity``,
   ``update_momentum``, ``deactivate_requires_grad``, backbone = ResNet children[:-1]).
   The two alternate over ``--repeats`` rounds; the median is reported.
-* ``e2e``: with data loading from JPEG files. sslkit: ``sslkit.engine.trainer.train`` (the whole
+* ``e2e``: with data loading from JPEG files. sslkit: ``sslkit.engine.pretrain.train`` (the whole
   ``sslkit pretrain`` loop: dataset, v2 augmentations, sampler, logging, no checkpoints inside the
   timed window) with throughput from its log; lightly: ``LightlyDataset`` + ``BYOLTransform``
   (its BYOL view pipelines) + ``DataLoader`` + the loop above. Without ``--images`` a folder of
@@ -63,8 +63,8 @@ class SslkitBYOL:
 
     def __init__(self, args):
         from sslkit.engine.config import resolve
+        from sslkit.engine.loop import Amp
         from sslkit.engine.optim import build_optimizer
-        from sslkit.engine.trainer import Amp
         from sslkit.methods import BYOL
 
         self.cfg = resolve(BYOL, [("benchmark", {
@@ -79,7 +79,7 @@ class SslkitBYOL:
         self.step_i = 0
 
     def step(self, x0, x1, total: int) -> None:
-        from sslkit.engine.trainer import train_step
+        from sslkit.engine.loop import train_step
 
         train_step(self.model, self.model, self.opt, self.amp, (x0, x1), self.opt.param_groups[0]["lr"],
                    self.step_i, total)
@@ -202,7 +202,7 @@ def make_images(folder: Path, n: int) -> Path:
 
 def e2e_sslkit(args, images: Path, work: Path) -> float:
     from sslkit.engine.config import resolve
-    from sslkit.engine.trainer import RunOptions, train
+    from sslkit.engine.pretrain import RunOptions, train
     from sslkit.methods import BYOL
 
     total = args.warmup + args.steps

@@ -2,7 +2,7 @@
 
 Each method's batch is made by its own data pipeline (`Method.make_dataset`: DetCon's
 mask-tracked views, ORL's RoI pairs, UniVIP's scene pairs and instances) from the same images,
-collated once, and then the training step (`sslkit.engine.trainer.train_step`: forward, backward,
+collated once, and then the training step (`sslkit.engine.loop.train_step`: forward, backward,
 optimizer step, EMA update) is timed on that fixed batch, so data loading is excluded. Methods are
 interleaved over `--repeats` rounds and the median step time is reported.
 
@@ -66,7 +66,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from sslkit.engine.trainer import Amp, to_device, train_step
+    from sslkit.engine.loop import Amp, to_device, train_step
 
     patch = args.patch_size or max(32, round(args.image_size * 96 / 224))
     methods = {"byol": {}}

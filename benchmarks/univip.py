@@ -3,7 +3,7 @@
 The paper (§4.2) says UniVIP "requires about 35% [more] computation than BYOL": each image adds K
 instance crops of 96² px to the two 224² scene views, one online and one target pass each, i.e.
 ``(2·224² + K·96²) / (2·224²) = 1.37`` in backbone pixels for K = 4 (spec §2.3). This measures the
-wall-clock ratio of one optimizer step — ``sslkit.engine.trainer.train_step``, the code path
+wall-clock ratio of one optimizer step — ``sslkit.engine.loop.train_step``, the code path
 ``sslkit pretrain`` runs: forward (scenes, instances, f_linear, Sinkhorn), backward, SGD, EMA —
 on identical in-memory batches (no data loading: the views are random tensors of the right shapes,
 which costs the network exactly what real views do). The two methods alternate over ``--repeats``
@@ -38,8 +38,8 @@ def sync(device: str) -> None:
 def build(method: str, args):
     """(model, optimizer, amp) of ``method`` with the benchmark's shared settings."""
     from sslkit.engine.config import resolve
+    from sslkit.engine.loop import Amp
     from sslkit.engine.optim import build_optimizer
-    from sslkit.engine.trainer import Amp
     from sslkit.methods import get_method
 
     cls = get_method(method)
@@ -73,7 +73,7 @@ def batches(args) -> dict:
 
 def time_steps(method: str, batch, args) -> float:
     """Median seconds per training step over ``--steps`` steps after ``--warmup`` untimed ones."""
-    from sslkit.engine.trainer import train_step
+    from sslkit.engine.loop import train_step
 
     model, opt, amp = build(method, args)
     total = args.warmup + args.steps

@@ -27,12 +27,13 @@ from sslkit.errors import UserError
 @dataclass(frozen=True)
 class Key:
     default: Any
-    kind: type  # bool, int, float, str
+    kind: type  # bool, int, float, str, or list (a list of ints: YAML list or "1,2,3")
     help: str
     choices: tuple | None = None
     runtime: bool = False  # may change when resuming
     optional: bool = False  # None is a valid value
     path: bool = False  # a file or folder: made absolute (and checked) when resolved
+    item: type = int  # the element type of a list key (int or float)
 
 
 def load_config_file(path: str | os.PathLike) -> dict:
@@ -92,12 +93,24 @@ def coerce(name: str, key: Key, value: Any, where: str) -> Any:
             out = float(value)  # also "1e-4", which YAML 1.1 reads as a string
             if not math.isfinite(out):
                 raise ValueError
+        elif key.kind is list:
+            items = value.replace(":", ",").split(",") if isinstance(value, str) else value
+            if isinstance(items, (bool, int, float)) or not items:
+                raise ValueError
+            out = []
+            for v in items:
+                if isinstance(v, bool) or (key.item is int and isinstance(v, float) and not v.is_integer()):
+                    raise ValueError
+                out.append(key.item(v.strip()) if isinstance(v, str) else key.item(v))
         else:
             if not isinstance(value, str):
                 raise ValueError
             out = value
-    except (ValueError, TypeError):
-        raise UserError(f"{name}={value!r} is not a valid {key.kind.__name__}", where) from None
+    except (ValueError, TypeError, AttributeError):
+        what = key.kind.__name__
+        if key.kind is list:
+            what = f"comma-separated list of {'integers' if key.item is int else 'numbers'}"
+        raise UserError(f"{name}={value!r} is not a valid {what}", where) from None
     if key.choices and out not in key.choices:
         raise UserError(f"{name}={out!r} is not one of {', '.join(map(str, key.choices))}", where)
     return out

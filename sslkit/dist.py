@@ -229,3 +229,16 @@ def batch_unshuffle(x: torch.Tensor, unshuffle: torch.Tensor) -> torch.Tensor:
         return x
     x_all = all_gather(x)
     return x_all[unshuffle.view(world_size(), -1)[rank()]]
+
+
+def resolve_device(text: str) -> torch.device:
+    """``auto`` (CUDA when visible, else CPU), ``cpu``, ``cuda`` or ``cuda:N``, checked."""
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(text)
+    except RuntimeError as e:
+        raise UserError(f"unknown --device {text!r}", None, "use auto, cpu, cuda or cuda:N") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {text}: CUDA is not available here", None, "use --device cpu")
+    return dev

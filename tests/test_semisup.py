@@ -138,3 +138,53 @@ def test_semisup_bad_input_is_a_one_line_error(scenes, tmp_path, capsys):
         assert sslkit(*args) == 2, args
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err and needle in err, err
+
+
+def _model_of(run_dir):
+    import torch
+
+    return torch.load(run_dir / "last.pth", weights_only=True)["model"]
+
+
+def test_semisup_resumes_exactly_from_its_run_dir(scenes, tmp_path):
+    """A run stopped after 3 steps and continued ends with the weights, history and metrics of an
+    uninterrupted run (the loop, the RNG state and the per-epoch statistics travel in last.pth)."""
+    import torch
+
+    base = ["semisup", "random", "--arch", "resnet_tiny", "--train", scenes / "train.json", "--val",
+            scenes / "val.json", "--task", "objects", "--fraction", 0.3, *TINY, "--quiet"]
+    assert sslkit(*base, "--run-dir", tmp_path / "full", "-o", tmp_path / "full.json") == 0
+    assert sslkit(*base, "--run-dir", tmp_path / "cut", "--set", "max_steps=3") == 0
+    part = torch.load(tmp_path / "cut" / "last.pth", weights_only=True)
+    assert part["step"] == 3
+    assert sslkit(*base, "--run-dir", tmp_path / "cut", "-o", tmp_path / "cut.json") == 0
+    a, b = _model_of(tmp_path / "full"), _model_of(tmp_path / "cut")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    fa, fb = json.loads((tmp_path / "full.json").read_text()), json.loads((tmp_path / "cut.json").read_text())
+    assert fa["results"] == fb["results"]
+    assert [h["loss"] for h in fa["history"]] == [h["loss"] for h in fb["history"]]
+    # a run-defining setting cannot change on resume; max_steps without a run folder is refused
+    assert sslkit(*base, "--run-dir", tmp_path / "cut", "--lr", 0.5) == 2
+    assert sslkit(*base, "--set", "max_steps=2") == 2
+
+
+def test_semisup_print_config_and_unknown_setting(scenes, capsys):
+    base = ["semisup", "random", "--arch", "resnet_tiny", "--train", scenes / "train.json", "--val",
+            scenes / "val.json", "--task", "objects", "--fraction", 0.1]
+    capsys.readouterr()
+    assert sslkit(*base, "--set", "gamma=0.5", "--print-config") == 0
+    out = capsys.readouterr().out
+    assert "gamma: 0.5" in out and "milestones:" in out
+    assert sslkit(*base, "--set", "gama=0.5") == 2
+    assert "did you mean 'gamma'" in capsys.readouterr().err
+
+
+def test_semisup_on_two_cpu_processes(scenes, tmp_path):
+    """--procs 2 splits every global batch over two gloo ranks and still reports one record."""
+    out = tmp_path / "m.json"
+    assert sslkit("semisup", "random", "--arch", "resnet_tiny", "--train", scenes / "train.json", "--val",
+                  scenes / "val.json", "--task", "objects", "--fraction", 0.3, *TINY, "--procs", 2,
+                  "--run-dir", tmp_path / "r", "-o", out, "--quiet") == 0
+    m = json.loads(out.read_text())
+    assert m["settings"]["world_size"] == 2 and len(m["history"]) == 2
+    assert 0.0 <= m["results"]["top1"] <= 100.0

@@ -80,156 +80,6 @@ def _ints(text: str | None, name: str) -> list[int] | None:
     return vals
 
 
-def _layout(device: Device, gpus: int | None, procs: int | None, nodes: int, ext):
-    from sslkit.cli.pretrain import device_layout
-
-    if device is Device.cpu:
-        if gpus:
-            raise UserError("--device cpu contradicts --gpus", None, "use --procs N for several CPU processes")
-        gpus = 0 if procs is None else None
-    elif device is Device.cuda:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda but no CUDA device is visible", None, "use --device cpu")
-        if procs is not None:
-            raise UserError("--procs starts CPU processes; with --device cuda use --gpus N")
-    return device_layout(gpus, procs, nodes, ext)
-
-
-def _backbone_meta(weights: str, arch: str | None, encoder: str | None, seed: int) -> dict:
-    from sslkit.models.convert import backbone_state_dict, load_backbone
-
-    if weights == "random":
-        return load_backbone("random", arch=arch, encoder=encoder, seed=seed)[1]
-    p = Path(weights).expanduser()
-    if not p.is_file():
-        raise UserError("no such weights file", p, "pass a checkpoint, an export, or 'random' with --arch")
-    meta = backbone_state_dict(p, encoder=encoder, arch=arch)[1]
-    meta["source"] = str(p.resolve())
-    return meta
-
-
-def run_detect(weights: str | None, out: Path, flags: dict, *, engine: Engine, device: Device, gpus: int | None,
-               procs: int | None, nodes: int, node_rank: int | None, rdzv_endpoint: str | None, resume: bool | None,
-               eval_only: bool, dry_run: bool, quiet: bool) -> dict | None:
-    from sslkit.cli.pretrain import peek_config
-    from sslkit.dist import detect_launcher
-    from sslkit.engine.config import default_workers, dump_yaml, resolve_precision
-    from sslkit.eval.detect import train as T
-    from sslkit.io.artefacts import command_line
-
-    if out.exists() and not out.is_dir():
-        raise UserError("is a file, expected a run folder", out)
-    last = out / T.LAST
-    ck_cfg, resume_from, fresh = None, None, False
-    if engine is Engine.torchvision:
-        if resume is False:
-            if eval_only:
-                raise UserError("--eval-only evaluates RUN_DIR/last.pth; --no-resume would discard it")
-            fresh = out.exists() and any((out / n).exists() for n in T.RUN_OUTPUTS)
-        elif last.exists():
-            ck_cfg, resume_from = peek_config(last), str(last)
-            if ck_cfg.get("engine") != "torchvision" or "resolved" not in ck_cfg:
-                raise UserError("holds a checkpoint that 'sslkit detect' did not write", last,
-                                "pass another --out, or --no-resume to start over")
-        elif eval_only:
-            raise UserError("nothing to evaluate (no last.pth)", out, "train first (leave out --eval-only)")
-        elif resume:
-            raise UserError("nothing to resume (no last.pth)", out, "leave out --resume to start a new run")
-
-    given = {k: v for k, v in flags.items() if v is not None}
-    for key in ("train", "val", "image_root", "val_image_root"):
-        if key in given:
-            p = Path(given[key]).expanduser()
-            if not p.exists():
-                raise UserError("no such file or folder", p)
-            given[key] = str(p.resolve())
-    if ck_cfg is not None:
-        cfg = dict(ck_cfg)
-        changed = [k for k, v in given.items() if k not in T.RUNTIME and cfg.get(k) != v]
-        if changed:
-            diffs = ", ".join(f"{k}: {cfg.get(k)!r} → {given[k]!r}" for k in changed)
-            raise UserError(f"cannot change {diffs} when resuming", last,
-                            "keep the original settings, or pass --no-resume / a new --out")
-        # per-invocation settings do not carry over (a stop point, workers sized for that machine, …)
-        cfg.update({k: T.DEFAULTS[k] for k in T.RUNTIME if k not in T.DATA_KEYS})
-        cfg.update(given)
-        if weights is not None:
-            meta = _backbone_meta(weights, cfg["arch"], cfg["encoder"], cfg["seed"])
-            if meta["backbone_sha256"] != cfg["backbone_sha256"]:
-                raise UserError("these weights differ from the ones this run started from", weights,
-                                "pass the original WEIGHTS (or none), or a new --out")
-    else:
-        cfg = {**T.DEFAULTS, **given, "engine": engine.value}
-        if weights is None:
-            raise UserError("which weights? pass WEIGHTS (a checkpoint, an export, or 'random' with --arch)")
-        for key in ("train", "val"):
-            if cfg[key] is None:
-                raise UserError(f"--{key} COCO_JSON is required")
-        meta = _backbone_meta(weights, cfg["arch"], cfg["encoder"], cfg["seed"])
-        cfg.update(weights=meta["source"], arch=meta["arch"], backbone_sha256=meta["backbone_sha256"])
-        for note in meta.get("notes", []):
-            if not quiet:
-                warn(note)
-    for key, low in (("batch_size", 1), ("eval_batch_size", 1), ("log_every", 1), ("fpn_channels", 1),
-                     ("min_size", 1), ("max_size", 1)):
-        if cfg[key] < low:
-            raise UserError(f"--{key.replace('_', '-')} must be ≥ {low} (got {cfg[key]})")
-    for key in ("iters", "max_iters", "save_every", "precise_bn_iters", "warmup_iters", "workers"):
-        if cfg[key] is not None and cfg[key] < 0:
-            raise UserError(f"--{key.replace('_', '-')} must be ≥ 0 (got {cfg[key]})")
-    if cfg["lr"] <= 0 or cfg["weight_decay"] < 0:
-        raise UserError("--lr must be > 0 and --weight-decay ≥ 0")
-
-    ext = detect_launcher()
-    dev, nproc, world = _layout(device, gpus, procs, nodes, ext)
-    cfg["device"], cfg["world_size"] = dev, world
-    cfg["precision"] = resolve_precision(flags.get("precision") or "auto", dev)
-    if flags.get("workers") is None:
-        cfg["workers"] = default_workers(ext.local_world_size if ext else max(1, nproc))
-    resolved = T.resolve(cfg)
-    if ck_cfg is not None:
-        old = ck_cfg["resolved"]
-        for key in ("num_train_images_used", "schedule", "train_sizes", "categories"):
-            if old.get(key) != resolved[key]:
-                raise UserError(f"the data or settings no longer give the run's {key.replace('_', ' ')}", last,
-                                "resume with the same json and settings, or start a new --out")
-    cfg["resolved"] = resolved
-    command = command_line()
-
-    if engine is Engine.detectron2:
-        from sslkit.eval.detect import d2
-
-        n_gpus = world if dev == "cuda" else 0
-        if dry_run:
-            pkl, yml = d2.prepare(cfg, out, n_gpus, command)
-            return {"dry_run": True, "engine": "detectron2", "config": str(yml), "weights": str(pkl),
-                    "resolved": resolved}
-        if ext is not None:
-            raise UserError("--engine detectron2 starts its own processes (detectron2.engine.launch)", None,
-                            "run sslkit detect directly, with --gpus N")
-        return d2.run(cfg, out, nproc if dev == "cuda" else 0, nodes=nodes, node_rank=node_rank or 0,
-                      dist_url=f"tcp://{rdzv_endpoint}" if rdzv_endpoint else None, eval_only=eval_only,
-                      resume=resume is not False, command=command)
-    if dry_run:
-        from sslkit.io.atomic import write_text_atomic
-
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "config.yaml", dump_yaml(cfg, f"# sslkit detect: resolved config (dry run)\n# {command}\n"))
-        return {"dry_run": True, "engine": "torchvision", "config": str(out / "config.yaml"), "resolved": resolved}
-
-    if fresh and not quiet:
-        warn(f"--no-resume: removing the earlier run's checkpoint, logs and metrics in {out}")
-    opts = T.DetectOptions(run_dir=str(out), resume_from=resume_from, fresh=fresh, eval_only=eval_only, quiet=quiet,
-                           command=command)
-    if ext is not None or nproc * nodes == 1:
-        return T.train(cfg, opts)
-    from sslkit.engine.launch import launch
-
-    return launch(cfg, opts, nproc, nodes, node_rank, rdzv_endpoint, entry=T.ENTRY)
-
-
 def print_table(rec: dict) -> None:
     from rich.table import Table
 
@@ -278,6 +128,9 @@ def register(app: typer.Typer) -> None:
         seed: int | None = typer.Option(None, "--seed", help="Seed of the heads' init, data order, flips [default: 0]."),
         engine: Engine = typer.Option(Engine.torchvision, "--engine", help="torchvision (built in) or detectron2 (if installed)."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Resolve and write the config (and the detectron2 .pkl) without training."),
+        config: Path | None = typer.Option(None, "--config", "-c", help="YAML/TOML file of settings (keys of --print-config)."),
+        set_: list[str] = typer.Option([], "--set", help="KEY=VALUE for any setting (repeatable)."),
+        print_config: bool = typer.Option(False, "--print-config", help="Print the resolved settings and exit."),
         device: Device = typer.Option(Device.auto, "--device", help="auto (CUDA if visible), cpu or cuda."),
         gpus: int | None = typer.Option(None, "--gpus", help="CUDA processes on this node [default: all visible]."),
         procs: int | None = typer.Option(None, "--procs", help="CPU processes (gloo DDP)."),
@@ -313,9 +166,20 @@ def register(app: typer.Typer) -> None:
             from sslkit.eval.detect.schedule import parse_schedule
 
             parse_schedule(flags["schedule"])
-        rec = run_detect(weights, out, flags, engine=engine, device=device, gpus=gpus, procs=procs, nodes=nodes,
-                         node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, resume=resume, eval_only=eval_only,
-                         dry_run=dry_run, quiet=quiet or as_json)
+        from sslkit.config import load_config_file, parse_set
+        from sslkit.eval.detect.run import run_detect
+        from sslkit.io.artefacts import command_line
+
+        flags = {k: str(v) if isinstance(v, Path) else v for k, v in flags.items() if v is not None}
+        layers = [(str(config), load_config_file(config) if config else {}), ("--set", parse_set(set_)),
+                  ("command line", flags)]
+        rec = run_detect(weights, out, layers, engine=engine.value, device=device.value, gpus=gpus, procs=procs,
+                         nodes=nodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, resume=resume,
+                         eval_only=eval_only, dry_run=dry_run, print_config=print_config, quiet=quiet or as_json,
+                         command=command_line())
+        if isinstance(rec, str):
+            stdout.print(rec, markup=False, highlight=False, end="")
+            return
         if rec is None:
             return
         if rec.get("dry_run"):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand
 
 from sslkit.cli.common import print_json, stdout
-from sslkit.errors import UserError
 
 HELP = """Pretrain a ResNet with a self-supervised method on a folder of images or a COCO json.
 
@@ -16,8 +16,11 @@ config), log.jsonl, tb/ (TensorBoard), last.pth and epoch_NNNN.pth checkpoints, 
 skipped_images.tsv if some images cannot be decoded.
 
 Settings: the method's defaults < --config FILE (YAML/TOML) < --set KEY=VALUE < flags.
---batch-size is the GLOBAL batch; --lr is the base lr, scaled ×batch/256 (--lr-scaling).
-An existing RUN_DIR/last.pth is resumed automatically (--no-resume starts over).
+Every setting of the chosen method is also a flag: --KEY VALUE (e.g. --masks fh.h5 for
+DetCon, --views pairs.h5 for ORL/UniVIP, --temperature 0.2 --queue-size 4096 for MoCo v2);
+--print-config lists them. --batch-size is the GLOBAL batch; --lr is the base lr, scaled
+×batch/256 (--lr-scaling). An existing RUN_DIR/last.pth is resumed automatically
+(--no-resume starts over).
 
 \b
 Examples:
@@ -28,6 +31,7 @@ Examples:
   sslkit pretrain --out runs/byol                 # continue an interrupted run
   sslkit pretrain --method byol --print-config    # show the defaults
 """
+
 
 def _list_methods() -> None:
     from rich.table import Table
@@ -46,138 +50,41 @@ def _list_methods() -> None:
     stdout.print(t)
 
 
-def device_layout(gpus: int | None, procs: int | None, nodes: int, ext) -> tuple[str, int, int]:
-    """(device, ranks per node to start here (0: started by an external launcher), world size)."""
-    import torch
+class SettingsAsFlags(TyperCommand):
+    """A command whose long options it does not declare are settings: ``--key VALUE`` / ``--key=VALUE``
+    (``--flag`` alone: true, ``--no-flag``: false), collected in order into ``ctx.meta["settings"]`` before
+    the declared options and arguments are parsed (so their values are never taken for arguments)."""
 
-    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if nodes < 1:
-        raise UserError("--nodes must be at least 1")
-    if gpus is not None and procs is not None:
-        raise UserError("--gpus and --procs are exclusive", None,
-                        "--gpus N: N CUDA workers; --procs N: N CPU workers (gloo)")
-    if ext is not None:
-        if (gpus or 0) > 1 or (procs or 0) > 1 or nodes > 1:
-            raise UserError(f"started by {ext.launcher}, which already made {ext.world_size} processes", None,
-                            "leave out --gpus/--procs/--nodes (or pass --gpus 0 for CPU)")
-        device = "cpu" if gpus == 0 or procs is not None or n_cuda == 0 else "cuda"
-        if gpus == 1 and n_cuda == 0:
-            raise UserError("--gpus 1 but no CUDA device is visible")
-        return device, 0, ext.world_size
-    if procs is not None:
-        if procs < 1:
-            raise UserError("--procs must be at least 1")
-        return "cpu", procs, procs * nodes
-    if gpus is None:
-        gpus = n_cuda
-    if gpus < 0:
-        raise UserError("--gpus must be >= 0")
-    if gpus > n_cuda:
-        raise UserError(f"--gpus {gpus} but {n_cuda} CUDA device(s) are visible")
-    if gpus == 0:
-        if nodes > 1:
-            raise UserError("multi-node CPU training needs --procs N")
-        return "cpu", 1, 1
-    return "cuda", gpus, gpus * nodes
-
-
-def peek_config(path: Path) -> dict:
-    """The config of a checkpoint, read lazily (mmap) without loading the tensors."""
-    import torch
-
-    from sslkit.io.checkpoint import CHECKPOINT_FORMAT
-
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same one-line error
-        raise UserError(f"cannot read the checkpoint ({str(e).splitlines()[0][:120]})", path,
-                        "pass --no-resume to start over") from e
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT or not isinstance(ck.get("config"), dict):
-        raise UserError("not an sslkit training checkpoint", path, "pass --no-resume to start over")
-    return dict(ck["config"])
-
-
-def run_pretrain(images: Path | None, out: Path | None, flags: dict, config_file: Path | None, sets: list[str],
-                 gpus: int | None, procs: int | None, nodes: int, node_rank: int | None, rdzv_endpoint: str | None,
-                 resume: bool | None, print_config: bool, quiet: bool) -> dict | None:
-    from sslkit.dist import detect_launcher
-    from sslkit.engine import config as C
-    from sslkit.engine.trainer import LAST, RunOptions
-    from sslkit.io.artefacts import command_line
-    from sslkit.methods import get_method
-
-    file_layer = C.load_config_file(config_file) if config_file else {}
-    set_layer = C.parse_set(sets)
-    flag_layer = {k: v for k, v in flags.items() if v is not None}
-    if images is not None:
-        flag_layer["images"] = str(images)
-
-    ck_cfg, resume_from, fresh = None, None, False
-    if out is not None:
-        last = out / LAST
-        if resume is False:
-            fresh = out.exists() and any((out / n).exists() for n in ("last.pth", "log.jsonl"))
-        elif last.exists():
-            ck_cfg, resume_from = peek_config(last), str(last)
-            # per-invocation settings do not carry over: a stop point, and workers sized for that machine
-            ck_cfg.update(max_steps=None, workers=None)
-        elif resume:
-            raise UserError("nothing to resume (no last.pth)", out, "leave out --resume to start a new run")
-    elif not print_config:
-        raise UserError("--out RUN_DIR is required")
-
-    name = flag_layer.get("method") or set_layer.get("method") or file_layer.get("method") or \
-        (ck_cfg or {}).get("method")
-    if not name:
-        raise UserError("which method? pass --method (see sslkit pretrain --list-methods)")
-    method_cls = get_method(name)
-    for layer in (file_layer, set_layer):  # the method is chosen; a lower layer's choice is overridden
-        layer.pop("method", None)
-
-    ext = detect_launcher()
-    device, nproc, world = device_layout(gpus, procs, nodes, ext)
-    layers = [(str(config_file), file_layer), ("--set", set_layer), ("command line", flag_layer)]
-    cfg = C.resolve(method_cls, layers, base=ck_cfg)
-    for key in ("images", "image_root", "masks", "views", "init_from"):  # absolute, before comparing
-        if cfg.get(key):
-            p = Path(cfg[key]).expanduser()
-            if not p.exists():
-                raise UserError("no such file or folder", p)
-            cfg[key] = str(p.resolve())
-    if ck_cfg is not None:
-        changed = C.frozen_changes(method_cls, ck_cfg, cfg)
-        if changed:
-            diffs = ", ".join(f"{k}: {ck_cfg.get(k)!r} → {cfg.get(k)!r}" for k in changed)
-            raise UserError(f"cannot change {diffs} when resuming", out / LAST,
-                            "keep the original settings, or pass --no-resume / a new --out")
-    cfg["device"], cfg["world_size"] = device, world
-    if cfg["workers"] is None:
-        cfg["workers"] = C.default_workers(ext.local_world_size if ext else nproc)
-    if cfg["images"] is None and not print_config:
-        raise UserError("no IMAGES given (a folder or a COCO json)")
-    C.validate(cfg)
-    method_cls.validate(cfg)
-    if print_config:
-        stdout.print(C.dump_yaml(cfg), markup=False, highlight=False, end="")
-        return None
-
-    if fresh and not quiet:
-        from sslkit.cli.common import warn
-
-        warn(f"--no-resume: removing the earlier run's checkpoints and logs in {out}")
-    opts = RunOptions(run_dir=str(out), resume_from=resume_from, fresh=fresh, quiet=quiet, command=command_line())
-    if ext is not None or nproc * nodes == 1:
-        from sslkit.engine.trainer import train
-
-        return train(cfg, opts)
-    from sslkit.engine.launch import launch
-
-    return launch(cfg, opts, nproc, nodes, node_rank, rdzv_endpoint)
+    def parse_args(self, ctx, args):
+        known = {o for p in self.get_params(ctx) for o in (*getattr(p, "opts", ()), *getattr(p, "secondary_opts", ()))}
+        rest, settings, i = [], [], 0
+        while i < len(args):
+            a = args[i]
+            name = a.split("=", 1)[0]
+            if a == "--":
+                rest += args[i:]
+                break
+            if a.startswith("--") and len(a) > 2 and name not in known:
+                if "=" in a:
+                    settings.append((name[2:], a.split("=", 1)[1]))
+                elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+                    settings.append((name[2:], args[i + 1]))
+                    i += 1
+                elif name.startswith("--no-"):
+                    settings.append((name[5:], "false"))
+                else:
+                    settings.append((name[2:], "true"))
+            else:
+                rest.append(a)
+            i += 1
+        ctx.meta["settings"] = [(k.replace("-", "_"), v) for k, v in settings]
+        return super().parse_args(ctx, rest)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("pretrain", help=HELP)
+    @app.command("pretrain", help=HELP, cls=SettingsAsFlags)
     def pretrain_cmd(
+        ctx: typer.Context,
         images: Path | None = typer.Argument(None, help="Image folder or COCO json (optional when resuming)."),
         out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (checkpoints, logs, config)."),
         method: str | None = typer.Option(None, "--method", "-m",
@@ -185,9 +92,6 @@ def register(app: typer.Typer) -> None:
         config: Path | None = typer.Option(None, "--config", "-c", help="YAML/TOML file of settings."),
         set_: list[str] = typer.Option([], "--set", help="KEY=VALUE for any setting (repeatable)."),
         image_root: Path | None = typer.Option(None, help="Image folder of a COCO json."),
-        masks: Path | None = typer.Option(None, help="DetCon: label maps from `sslkit propose --algo "
-                                          "felzenszwalb|grid|coco-gt`."),
-        views: Path | None = typer.Option(None, help="ORL / UniVIP: the views artefact from `sslkit sample-views`."),
         arch: str | None = typer.Option(None, help="Backbone: resnet18/50/101/…, resnext*, wide_resnet*."),
         image_size: int | None = typer.Option(None, help="View size in px."),
         batch_size: int | None = typer.Option(None, help="GLOBAL batch size (split across ranks)."),
@@ -197,8 +101,6 @@ def register(app: typer.Typer) -> None:
         lr_scaling: str | None = typer.Option(None, help="linear (×B/256), sqrt (×√B) or none."),
         weight_decay: float | None = typer.Option(None, help="Weight decay."),
         warmup_epochs: float | None = typer.Option(None, help="Linear lr warm-up epochs."),
-        temperature: float | None = typer.Option(None, help="Contrastive temperature (mocov2, simclr)."),
-        queue_size: int | None = typer.Option(None, help="MoCo queue length K."),
         ema_momentum: float | None = typer.Option(None, help="EMA momentum: BYOL τ at step 0, MoCo m."),
         seed: int | None = typer.Option(None, help="Seed (init, data order, augmentations)."),
         gpus: int | None = typer.Option(None, help="CUDA workers on this node (default: all visible; 0: CPU)."),
@@ -227,17 +129,28 @@ def register(app: typer.Typer) -> None:
         if list_methods:
             _list_methods()
             return
-        values = dict(method=method, image_root=str(image_root) if image_root else None,
-                      masks=str(masks) if masks else None, views=str(views) if views else None, arch=arch,
+        values = dict(method=method, image_root=str(image_root) if image_root else None, arch=arch,
                       image_size=image_size, batch_size=batch_size, epochs=epochs, optimizer=optimizer, lr=lr,
                       lr_scaling=lr_scaling, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-                      temperature=temperature, queue_size=queue_size, ema_momentum=ema_momentum, seed=seed,
+                      ema_momentum=ema_momentum, seed=seed,
                       precision=precision, channels_last=channels_last, compile=compile_, workers=workers,
                       sync_bn=sync_bn, save_every=save_every, keep_last=keep_last, log_every=log_every,
                       max_steps=max_steps, tensorboard=tensorboard)
-        summary = run_pretrain(images, out, values, config, set_, gpus, procs, nodes, node_rank, rdzv_endpoint,
-                               resume, print_config, quiet)
+        from sslkit.config import load_config_file, parse_set
+        from sslkit.engine import pretrain as P
+        from sslkit.io.artefacts import command_line
+
+        flags = {k: v for k, v in values.items() if v is not None}
+        method_flags = dict(ctx.meta.get("settings", []))
+        layers = [(str(config), load_config_file(config) if config else {}), ("--set", parse_set(set_)),
+                  ("command line", {**method_flags, **flags})]
+        summary = P.run(str(images) if images is not None else None, out, layers, gpus=gpus, procs=procs, nodes=nodes,
+                        node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, resume=resume, print_config=print_config,
+                        quiet=quiet, command=command_line())
         if summary is None:
+            return
+        if isinstance(summary, str):
+            stdout.print(summary, markup=False, highlight=False, end="")
             return
         if as_json:
             print_json(summary)

@@ -9,6 +9,8 @@ The resolved mapping is saved as ``RUN_DIR/config.yaml`` and in every checkpoint
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sslkit.config import Key, apply_layer, default_workers, dump_yaml, load_config_file, parse_set  # noqa: F401
 from sslkit.config import frozen_changes as _frozen_changes
 from sslkit.config import resolve as _resolve
@@ -18,8 +20,8 @@ from sslkit.errors import UserError
 ENGINE_KEYS: dict[str, Key] = {
     "method": Key(None, str, "pretraining method"),
     "images": Key(None, str, "image folder or COCO json (absolute path; may move between resumes)",
-                  runtime=True),
-    "image_root": Key(None, str, "image folder of a COCO json", optional=True, runtime=True),
+                  runtime=True, path=True),
+    "image_root": Key(None, str, "image folder of a COCO json", optional=True, runtime=True, path=True),
     "arch": Key("resnet50", str, "backbone: any torchvision ResNet/ResNeXt/Wide-ResNet, or resnet_tiny"),
     "image_size": Key(224, int, "side of the square training views (px)"),
     "batch_size": Key(256, int, "GLOBAL batch size, split evenly across ranks"),
@@ -60,18 +62,18 @@ ENGINE_KEYS: dict[str, Key] = {
 
 
 def method_keys(method_cls) -> dict[str, Key]:
-    """All keys of a method: the engine's with the method's defaults, plus its own hyper-parameters."""
+    """All keys of a method: the engine's with the method's defaults, plus its own hyper-parameters
+    (those named in ``PATH_KEYS`` are files: made absolute and checked when resolved)."""
     keys = dict(ENGINE_KEYS)
     keys["method"] = Key(method_cls.name, str, ENGINE_KEYS["method"].help, choices=(method_cls.name,))
     for name, value in method_cls.DEFAULTS.items():
         if name in keys:
-            k = keys[name]
-            keys[name] = Key(value, k.kind, k.help, k.choices, k.runtime, k.optional)
+            keys[name] = replace(keys[name], default=value)
         else:
             kind = type(value)
             if kind not in (bool, int, float, str):
                 raise TypeError(f"{method_cls.__name__}.DEFAULTS[{name!r}] must be a bool/int/float/str")
-            keys[name] = Key(value, kind, method_cls.HELP.get(name, ""))
+            keys[name] = Key(value, kind, method_cls.HELP.get(name, ""), path=name in method_cls.PATH_KEYS)
     return keys
 
 

@@ -16,11 +16,12 @@ import os
 import uuid
 from pathlib import Path
 
+import torch
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 
 from sslkit.errors import UserError
 
-TRAIN_ENTRY = "sslkit.engine.trainer:train"
+TRAIN_ENTRY = "sslkit.engine.pretrain:train"
 
 
 @record
@@ -36,7 +37,7 @@ def _worker(cfg: dict, opts, entry: str = TRAIN_ENTRY) -> dict | None:
 def launch(cfg: dict, opts, nproc_per_node: int, nodes: int = 1, node_rank: int | None = None,
            rdzv_endpoint: str | None = None, entry: str = TRAIN_ENTRY) -> dict | None:
     """Run ``entry`` (``"module:function"`` taking ``(cfg, opts)``; default
-    :func:`sslkit.engine.trainer.train`) on ``nodes × nproc_per_node`` ranks; rank 0's result."""
+    :func:`sslkit.engine.pretrain.train`) on ``nodes × nproc_per_node`` ranks; rank 0's result."""
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     if nodes > 1 and not rdzv_endpoint:
@@ -71,3 +72,36 @@ def launch(cfg: dict, opts, nproc_per_node: int, nodes: int = 1, node_rank: int 
                 raise UserError(f"rank {rank}: {line[len(prefix):]}") from None
         raise RuntimeError(f"rank {rank} failed: {line}") from None
     return results.get(0) if results else None
+
+
+def device_layout(gpus: int | None, procs: int | None, nodes: int, ext) -> tuple[str, int, int]:
+    """(device, ranks per node to start here (0: started by an external launcher), world size)."""
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if nodes < 1:
+        raise UserError("--nodes must be at least 1")
+    if gpus is not None and procs is not None:
+        raise UserError("--gpus and --procs are exclusive", None,
+                        "--gpus N: N CUDA workers; --procs N: N CPU workers (gloo)")
+    if ext is not None:
+        if (gpus or 0) > 1 or (procs or 0) > 1 or nodes > 1:
+            raise UserError(f"started by {ext.launcher}, which already made {ext.world_size} processes", None,
+                            "leave out --gpus/--procs/--nodes (or pass --gpus 0 for CPU)")
+        device = "cpu" if gpus == 0 or procs is not None or n_cuda == 0 else "cuda"
+        if gpus == 1 and n_cuda == 0:
+            raise UserError("--gpus 1 but no CUDA device is visible")
+        return device, 0, ext.world_size
+    if procs is not None:
+        if procs < 1:
+            raise UserError("--procs must be at least 1")
+        return "cpu", procs, procs * nodes
+    if gpus is None:
+        gpus = n_cuda
+    if gpus < 0:
+        raise UserError("--gpus must be >= 0")
+    if gpus > n_cuda:
+        raise UserError(f"--gpus {gpus} but {n_cuda} CUDA device(s) are visible")
+    if gpus == 0:
+        if nodes > 1:
+            raise UserError("multi-node CPU training needs --procs N")
+        return "cpu", 1, 1
+    return "cuda", gpus, gpus * nodes

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sslkit.dist import resolve_device
 from sslkit.eval.linear import LinearConfig
 
 PROTOCOLS = ("linear", "knn", "svm")
@@ -66,20 +67,6 @@ class ProbeSettings:
         if self.low_shot:
             d.update(low_shot=list(self.low_shot), low_shot_samples=self.low_shot_samples)
         return d
-
-
-def resolve_device(text: str) -> torch.device:
-    from sslkit.errors import UserError
-
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(text)
-    except RuntimeError as e:
-        raise UserError(f"unknown --device {text!r}", None, "use auto, cpu, cuda or cuda:N") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {text}: CUDA is not available here", None, "use --device cpu")
-    return dev
 
 
 def _classify(protocol: str, xtr, ytr, xva, num_classes: int, multilabel: bool, s: ProbeSettings,

@@ -40,6 +40,8 @@ class Method(nn.Module, abc.ABC):
     DEFAULTS: ClassVar[dict[str, Any]] = {}
     #: help for its own keys
     HELP: ClassVar[dict[str, str]] = {}
+    #: its keys that name files (artefacts, checkpoints): made absolute and checked when resolved
+    PATH_KEYS: ClassVar[tuple[str, ...]] = ()
     #: the encoder ``export``/``linprobe`` use unless told otherwise
     default_encoder: ClassVar[str] = ""
     #: how the method's batch is collated (a tuple of view tensors by default)

@@ -64,6 +64,7 @@ class _DetCon(Method):
     """What DetCon-S and -B share: views with tracked masks, mask pooling, the loss."""
 
     default_encoder = "online"
+    PATH_KEYS = ("masks",)
 
     def __init__(self, cfg: dict):
         super().__init__(cfg)

@@ -89,6 +89,7 @@ def _check_head_sizes(cfg: dict, path, projector, predictor) -> None:
 
 class ORL(BYOL):
     name = "orl"
+    PATH_KEYS = ("views", "init_from")
     summary = "ORL stage 3: BYOL + intra-RoI + inter-RoI losses on stage-2 pairs (SGD 0.2×B/256, EMA 0.99)"
     DEFAULTS = {
         **BYOL.DEFAULTS,  # §3.2: "For pre-training in Stage 1 and Stage 3, we use the same training hyper-parameters"

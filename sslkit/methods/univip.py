@@ -106,6 +106,7 @@ def instance_loss(o: torch.Tensor, t: torch.Tensor, f_o: tuple[torch.Tensor, tor
 
 class UniVIP(BYOL):
     name = "univip"
+    PATH_KEYS = ("views",)
     default_encoder = "online"
     DEFAULTS = {
         # §4 "Optimization": "for COCO(+) we fully follow the setting of ORL" — BYOL's/ORL's recipe:

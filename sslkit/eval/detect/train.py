@@ -21,7 +21,6 @@ uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -29,40 +28,27 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from sslkit import dist
+from sslkit.console import console, progress
+from sslkit.engine.bn import average_bn_stats, precise_bn
+from sslkit.engine.config import dump_yaml
+from sslkit.engine.logger import RunLogger
+from sslkit.engine.loop import Amp, CheckpointHook, LogHook, Loop
+from sslkit.engine.rundir import LAST, SKIPPED, SkippedImages, clear_outputs, elapsed_of, restore
 from sslkit.errors import UserError
+from sslkit.eval.detect.data import RankBatches, TrainImages, collate, load_detection_split
+from sslkit.eval.detect.model import optimizer_param_groups
+from sslkit.eval.detect.schedule import DetectionSchedule
+from sslkit.io.atomic import write_text_atomic
+from sslkit.io.checkpoint import rng_state, save_checkpoint
+from sslkit.io.images import write_json
 
-LAST = "last.pth"
 METRICS = "metrics.json"
-RUN_OUTPUTS = (LAST, "log.jsonl", "tb", "skipped_images.tsv", "config.yaml", METRICS, "predictions.json",
+RUN_OUTPUTS = (LAST, "log.jsonl", "tb", SKIPPED, "config.yaml", METRICS, "predictions.json",
                "predictions.meta.json")
 ENTRY = "sslkit.eval.detect.train:train"
-
-#: the InfoMin/PyContrast R50-FPN 1× protocol (docs/detect.md lists the source of each)
-DEFAULTS: dict = {
-    "engine": "torchvision",
-    "weights": None, "arch": None, "encoder": None, "backbone_sha256": None,
-    "train": None, "val": None, "image_root": None, "val_image_root": None,
-    "schedule": "1x", "iters": None, "batch_size": 16, "lr": 0.02, "momentum": 0.9,
-    "weight_decay": 1e-4, "weight_decay_norm": 0.0, "warmup_iters": None, "steps": None,
-    "min_size": 800, "max_size": 1333, "train_sizes": None,
-    "norm": "syncbn", "freeze_at": 0, "fpn_channels": 256, "precise_bn_iters": None,
-    "seed": 0,
-    # runtime: may differ between a run and its resumption
-    "device": "cpu", "world_size": 1, "precision": "auto", "workers": None, "log_every": 20,
-    "save_every": None, "max_iters": None, "eval_batch_size": 2, "save_predictions": False,
-    "tensorboard": True,
-}
-#: where the data and weights are: may move between a run and its resumption (their content is checked)
-DATA_KEYS = {"train", "val", "image_root", "val_image_root", "weights"}
-RUNTIME = DATA_KEYS | {"device", "world_size", "precision", "workers", "log_every", "save_every", "max_iters",
-                       "eval_batch_size", "save_predictions", "tensorboard"}
-#: detectron2's multi-scale training sizes at MIN_SIZE_TEST 800 (INPUT.MIN_SIZE_TRAIN)
-REF_TRAIN_SIZES = (640, 672, 704, 736, 768, 800)
-REF_TEST_SIZE = 800
-#: detectron2's TEST.PRECISE_BN.NUM_ITER at 16 images per iteration
-REF_PRECISE_BN_IMAGES = 200 * 16
 
 
 @dataclass(frozen=True)
@@ -73,46 +59,6 @@ class DetectOptions:
     eval_only: bool = False
     quiet: bool = False
     command: str = ""
-
-
-def train_sizes(min_size: int, explicit: list[int] | None = None) -> list[int]:
-    """Short sides sampled in training: detectron2's 640:32:800 scaled to a test size of ``min_size``."""
-    if explicit:
-        if any(s < 1 for s in explicit):
-            raise UserError(f"--train-sizes {explicit} must be positive")
-        return sorted(set(int(s) for s in explicit))
-    return sorted({max(1, round(s * min_size / REF_TEST_SIZE)) for s in REF_TRAIN_SIZES})
-
-
-def resolve(cfg: dict) -> dict:
-    """Derived settings that depend on the data: usable training images, schedule, sizes, Precise BN
-    length, categories.  Stored in ``cfg["resolved"]``."""
-    from sslkit.eval.detect.data import load_detection_split
-    from sslkit.eval.detect.schedule import make_schedule
-
-    tr = load_detection_split(cfg["train"], cfg["image_root"])
-    va = load_detection_split(cfg["val"], cfg["val_image_root"] or cfg["image_root"], reference=tr)
-    usable = tr.trainable()
-    if not usable:
-        raise UserError("no image has an annotation with a non-empty box", cfg["train"],
-                        "pass a COCO instances json with annotations")
-    if not va.records:
-        raise UserError("has no images", cfg["val"])
-    b = cfg["batch_size"]
-    if b % cfg["world_size"]:
-        raise UserError(f"--batch-size {b} does not split evenly over {cfg['world_size']} processes")
-    sched = make_schedule(cfg["schedule"], len(usable), b, lr=cfg["lr"], iters=cfg["iters"],
-                          warmup_iters=cfg["warmup_iters"], steps=cfg["steps"])
-    if cfg["min_size"] < 1 or cfg["max_size"] < cfg["min_size"]:
-        raise UserError(f"need 1 ≤ --min-size ≤ --max-size (got {cfg['min_size']}, {cfg['max_size']})")
-    pbn = cfg["precise_bn_iters"]
-    if pbn is None:
-        pbn = min(math.ceil(REF_PRECISE_BN_IMAGES / b), math.ceil(len(usable) / b))
-    save_every = cfg["save_every"] or max(1, round(sched.iters * 5000 / 90000))
-    return {"num_train_images": len(tr.records), "num_train_images_used": len(usable),
-            "num_val_images": len(va.records), "categories": tr.categories(), "schedule": sched.describe(),
-            "train_sizes": train_sizes(cfg["min_size"], cfg["train_sizes"]), "test_size": cfg["min_size"],
-            "precise_bn_iters": int(pbn), "save_every": int(save_every)}
 
 
 def build_model(cfg: dict, fresh_backbone: bool) -> nn.Module:
@@ -150,44 +96,6 @@ def _images_to(images: list[torch.Tensor], device: torch.device) -> list[torch.T
 
 def _targets_to(targets: list[dict], device: torch.device) -> list[dict]:
     return [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-
-
-def _bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-@torch.no_grad()
-def precise_bn(model: nn.Module, loader, device: torch.device, amp) -> int:
-    """Replace the running statistics of every BatchNorm in training mode by their average over the
-    batches of ``loader`` (fvcore's ``update_bn_stats``); returns the number of batches used."""
-    bns = [m for m in _bn_layers(model) if m.training]
-    if not bns:
-        return 0
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average of the batch statistics
-    n = 0
-    try:
-        for images, targets, _, _ in loader:
-            with amp.autocast():
-                model(_images_to(images, device), _targets_to(targets, device))
-            n += 1
-    finally:
-        for m, mom in zip(bns, momenta, strict=True):
-            m.momentum = mom
-    return n
-
-
-@torch.no_grad()
-def average_bn_stats(model: nn.Module) -> None:
-    """Make every rank's BatchNorm running statistics the mean over ranks (no-op in one process)."""
-    if dist.world_size() == 1:
-        return
-    for m in _bn_layers(model):
-        if m.running_mean is not None:
-            m.running_mean.copy_(dist.all_reduce_mean(m.running_mean))
-            m.running_var.copy_(dist.all_reduce_mean(m.running_var))
 
 
 @torch.no_grad()
@@ -230,15 +138,6 @@ def train(cfg: dict, opts: DetectOptions) -> dict | None:
 
 
 def _run(cfg: dict, opts: DetectOptions, info: dist.DistInfo) -> dict | None:
-    from sslkit.console import progress
-    from sslkit.engine.config import dump_yaml
-    from sslkit.engine.trainer import Amp, SkippedImages, clear_run_outputs
-    from sslkit.eval.detect.data import load_detection_split
-    from sslkit.eval.detect.model import optimizer_param_groups
-    from sslkit.eval.detect.schedule import DetectionSchedule
-    from sslkit.io.atomic import write_text_atomic
-    from sslkit.io.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-
     run_dir = Path(opts.run_dir)
     main, world = info.is_main, info.world_size
     if world != cfg["world_size"]:
@@ -254,9 +153,7 @@ def _run(cfg: dict, opts: DetectOptions, info: dist.DistInfo) -> dict | None:
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if opts.fresh:
-            clear_run_outputs(run_dir)
-            for name in (METRICS, "predictions.json", "predictions.meta.json"):
-                (run_dir / name).unlink(missing_ok=True)
+            clear_outputs(run_dir, RUN_OUTPUTS)
         if not opts.eval_only:
             write_text_atomic(run_dir / "config.yaml",
                               dump_yaml(cfg, f"# sslkit detect: resolved config\n# {opts.command}\n"))
@@ -286,41 +183,38 @@ def _run(cfg: dict, opts: DetectOptions, info: dist.DistInfo) -> dict | None:
 
     it, elapsed_before, precise_done = 0, 0.0, False
     if opts.resume_from:
-        ck = load_checkpoint(opts.resume_from)
-        data = ck.get("data") or {}
-        if data.get("global_batch") != cfg["batch_size"] or data.get("num_images") != len(usable):
-            raise UserError(f"the checkpoint was made with {data.get('num_images')} images and batch "
-                            f"{data.get('global_batch')}; now {len(usable)} and {cfg['batch_size']}",
-                            opts.resume_from, "resume with the same data, or start a new --out")
-        model.load_state_dict(ck["model"])
-        if not opts.eval_only:
-            optimizer.load_state_dict(ck["optimizer"])
-            if ck.get("scaler") and amp.scaler.is_enabled():
-                amp.scaler.load_state_dict(ck["scaler"])
-            set_rng_state(ck["rng"])
-        it = int(ck["step"])
-        precise_done = bool(ck.get("precise_bn"))
-        elapsed_before = float((ck.get("metrics") or {}).get("elapsed_s", 0.0))
+        ck = restore(opts.resume_from, model, None if opts.eval_only else optimizer, amp, num_images=len(usable),
+                     global_batch=cfg["batch_size"])
+        it, elapsed_before, precise_done = int(ck["step"]), elapsed_of(ck), bool(ck.get("precise_bn"))
         del ck
 
     total = schedule.iters
     stop = min(total, cfg["max_iters"]) if cfg["max_iters"] is not None else total
     workers = cfg["workers"] or 0
     groups = tr.aspect_groups()[usable]
-    skipped = SkippedImages(run_dir / "skipped_images.tsv", main)
-    t_start = time.monotonic()
+    skipped = SkippedImages(run_dir / SKIPPED, main)
+    module = model
+    if world > 1 and not opts.eval_only and it < stop:
+        module = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                     broadcast_buffers=False)
 
-    def elapsed() -> float:
-        return elapsed_before + time.monotonic() - t_start
+    def forward(batch) -> dict:
+        images, targets = batch
+        losses = module(_images_to(images, device), _targets_to(targets, device))
+        return {"loss": sum(losses.values()), **losses}
+
+    loop = Loop(optimizer, amp, forward, schedule, total, start=it, stop=stop, elapsed_before=elapsed_before)
 
     def loader(start: int, stop_: int, salt: int):
-        from torch.utils.data import DataLoader
-
-        from sslkit.eval.detect.data import RankBatches, TrainImages, collate
-
         sampler = RankBatches(len(usable), cfg["batch_size"], info.rank, world, cfg["seed"], groups, start, stop_, salt)
         return DataLoader(TrainImages(tr, usable, cfg["seed"] + salt), batch_sampler=sampler, num_workers=workers,
                           collate_fn=collate, pin_memory=device.type == "cuda", generator=torch.Generator())
+
+    def batches(start: int, stop_: int, salt: int):
+        for images, targets, _, bad in loader(start, stop_, salt):
+            if bad:
+                skipped.add(bad)
+            yield images, targets
 
     def save(metrics: dict, iteration: int) -> None:
         skipped.flush()
@@ -336,31 +230,48 @@ def _run(cfg: dict, opts: DetectOptions, info: dist.DistInfo) -> dict | None:
             "precise_bn": precise_done,
             "data": {"num_images": len(usable), "global_batch": cfg["batch_size"], "seed": cfg["seed"],
                      "iteration": iteration},
-            "metrics": {**metrics, "elapsed_s": round(elapsed(), 3)},
+            "metrics": {**metrics, "elapsed_s": round(loop.elapsed(), 3)},
         })
 
-    last_rec: dict = {}
+    def last_record() -> dict:
+        return {**loop.metrics, "step": loop.step} if loop.metrics else {"step": loop.step}
+
+    trained = False
     if not opts.eval_only and it < total:
         if it < stop:
-            last_rec = _train_loop(cfg, opts, info, model, optimizer, amp, schedule, it, stop, loader, skipped,
-                                   elapsed, len(usable), save)
-            it = last_rec["step"]
-            if it < total:  # stopped by --max-iters: checkpoint, and leave the rest for a rerun
-                save(last_rec, it)
-        if it < total:
+            b = cfg["batch_size"]
+            logger = RunLogger(run_dir, main, opts.quiet, cfg["tensorboard"], total, it, b,
+                               max(1, len(usable) // b), resumed=it > 0, name="detect", unit="it")
+            what = f"resuming at iteration {it}/{total}" if it else f"training {total} iterations"
+            logger.message(f"Mask R-CNN {cfg['arch']}-FPN: {len(usable)} training images, batch {b} ({b // world}/rank "
+                           f"× {world}), schedule {schedule.name} = {total} it ({schedule.epochs:.2f} epochs), lr "
+                           f"{schedule.base_lr:.4g}, warm-up {schedule.warmup_iters}, steps {list(schedule.steps)}; "
+                           f"{what}")
+            model.train()
+            hooks = [LogHook(logger, cfg["log_every"], b, lambda s: s * b / len(usable), what="iteration",
+                             hint="lower --lr or use --precision fp32"),
+                     CheckpointHook(lambda _: save(last_record(), loop.step), r["save_every"], at_stop=False)]
+            it = loop.run(batches(it, stop, 0), hooks)
+            trained = True
+        if it < total:  # stopped by --max-iters (checkpointed): leave the rest for a rerun
             dist.barrier()
             return {"finished": False, "iteration": it, "total_iters": total, "run_dir": str(run_dir),
-                    "checkpoint": str(run_dir / LAST), **last_rec} if main else None
+                    "checkpoint": str(run_dir / LAST), **last_record()} if main else None
     if not opts.eval_only and not precise_done:
         n = r["precise_bn_iters"]
         if n > 0:
             _say(main and not opts.quiet, f"Precise BN: recomputing BatchNorm statistics over {n} training batches")
             model.train()
-            precise_bn(model, loader(0, n, 1), device, amp)
+
+            def bn_forward(batch):
+                with amp.autocast():
+                    model(_images_to(batch[0], device), _targets_to(batch[1], device))
+
+            precise_bn(model, batches(0, n, 1), bn_forward)
         average_bn_stats(model)
         precise_done = True
-        save(last_rec, it)
-    elif not opts.eval_only and not last_rec:
+        save(last_record() if trained else {}, it)
+    elif not opts.eval_only and not trained:
         _say(main and not opts.quiet, f"{run_dir / LAST} is already at the last iteration ({it}/{total}); evaluating")
     dist.barrier()
 
@@ -374,9 +285,7 @@ def _run(cfg: dict, opts: DetectOptions, info: dist.DistInfo) -> dict | None:
     if not main:
         return None
     rec = _metrics_record(cfg, opts, schedule, va, results, done, bad, it, synced, precise_done,
-                          time.monotonic() - t_eval, elapsed())
-    from sslkit.io.images import write_json
-
+                          time.monotonic() - t_eval, loop.elapsed())
     write_json(run_dir / METRICS, rec)
     if cfg["save_predictions"]:
         write_predictions(run_dir / "predictions.json", results, cfg, va, opts.command)
@@ -386,72 +295,7 @@ def _run(cfg: dict, opts: DetectOptions, info: dist.DistInfo) -> dict | None:
 
 def _say(enabled: bool, text: str) -> None:
     if enabled:
-        from sslkit.console import console
-
         console.print(text)
-
-
-def _train_loop(cfg, opts, info, model, optimizer, amp, schedule, it, stop, loader, skipped, elapsed, num_images,
-                save) -> dict:
-    """Iterations ``it .. stop-1``; returns the last logged record (``step`` = the iteration reached)."""
-    from sslkit.engine.logger import RunLogger
-
-    run_dir, main, world, b = Path(opts.run_dir), info.is_main, info.world_size, cfg["batch_size"]
-    device = next(model.parameters()).device
-    ddp = model
-    if world > 1:
-        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                                  broadcast_buffers=False)
-    total = schedule.iters
-    logger = RunLogger(run_dir, main, opts.quiet, cfg["tensorboard"], total, it, b, max(1, num_images // b),
-                       resumed=it > 0, name="detect", unit="it")
-    what = f"resuming at iteration {it}/{total}" if it else f"training {total} iterations"
-    logger.message(f"Mask R-CNN {cfg['arch']}-FPN: {num_images} training images, batch {b} ({b // world}/rank × "
-                   f"{world}), schedule {schedule.name} = {total} it ({schedule.epochs:.2f} epochs), lr "
-                   f"{schedule.base_lr:.4g}, warm-up {schedule.warmup_iters}, steps {list(schedule.steps)}; {what}")
-    sums: dict[str, torch.Tensor] = {}
-    n_sum, t_log, it_log = 0, time.monotonic(), it
-    last: dict = {"step": it}
-    model.train()
-    try:
-        for images, targets, _, bad in loader(it, stop, 0):
-            if bad:
-                skipped.add(bad)
-            lr = schedule(it)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            with amp.autocast():
-                losses = ddp(_images_to(images, device), _targets_to(targets, device))
-            loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            amp.scaler.scale(loss).backward()
-            amp.scaler.step(optimizer)
-            amp.scaler.update()
-            it += 1
-            for k, v in {"loss": loss, **losses}.items():
-                v = v.detach().float()
-                sums[k] = sums[k] + v if k in sums else v
-            n_sum += 1
-            logger.advance(it)
-            if it % cfg["log_every"] == 0 or it == stop:
-                means = dist.all_reduce_mean(torch.stack(list(sums.values())) / n_sum).tolist()
-                rec = dict(zip(sums, means, strict=True))
-                if not all(math.isfinite(v) for v in rec.values()):
-                    raise FloatingPointError(f"loss is not finite at iteration {it} ({rec}); "
-                                             "lower --lr or use --precision fp32")
-                now = time.monotonic()
-                rec = {"step": it, "epoch": round(it * b / num_images, 4), **rec, "lr": lr,
-                       "img_per_s": (it - it_log) * b / max(now - t_log, 1e-9),
-                       "elapsed_s": round(elapsed(), 3), "time": round(time.time(), 3)}
-                last = {k: v for k, v in rec.items() if k != "time"}
-                logger.log(rec)
-                sums, n_sum, t_log, it_log = {}, 0, now, it
-            if it < stop and it % cfg["resolved"]["save_every"] == 0:
-                save(last, it)
-    finally:
-        logger.close()
-    last["step"] = it
-    return last
 
 
 def write_predictions(path: Path, results: list[dict], cfg: dict, val, command: str) -> None:
