@@ -29,6 +29,10 @@ from sslkit.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
+#: ImageNet statistics every sslkit pipeline normalises with: RGB, pixel values in [0, 1]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 class ImageDecodeError(Exception):
     """An image file that cannot be decoded; ``reason`` says why in a few words."""

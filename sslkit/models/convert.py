@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from sslkit.errors import FormatError, UserError
+from sslkit.io.images import IMAGENET_MEAN, IMAGENET_STD
 
-#: ImageNet statistics every sslkit pipeline normalises with: RGB, pixel values in [0, 1]
-PIXEL_MEAN = (0.485, 0.456, 0.406)
-PIXEL_STD = (0.229, 0.224, 0.225)
+#: ImageNet statistics every sslkit pipeline normalises with (RGB, pixel values in [0, 1])
+PIXEL_MEAN, PIXEL_STD = IMAGENET_MEAN, IMAGENET_STD
 #: the same in 0–255 units, as detectron2's MODEL.PIXEL_MEAN / PIXEL_STD want them
 PIXEL_MEAN_255 = (123.675, 116.28, 103.53)
 PIXEL_STD_255 = (58.395, 57.12, 57.375)

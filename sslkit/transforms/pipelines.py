@@ -49,8 +49,7 @@ from PIL import Image, ImageFilter
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from sslkit.io.images import IMAGENET_MEAN, IMAGENET_STD
 
 _INTERPOLATION = {
     "bilinear": v2.InterpolationMode.BILINEAR,
