@@ -37,3 +37,10 @@ class UserError(Exception):
 
 class FormatError(UserError):
     """An artefact file of the wrong kind or version, or one left incomplete."""
+
+
+class DiskFullError(UserError):
+    """A write that found no space left: one line naming the file and the space, exit 1 (a failure while
+    running, not a bad input); nothing under the final name was changed."""
+
+    exit_code = 1

@@ -151,8 +151,9 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the metrics JSON to stdout (instead of the table)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ):
-        if metrics_out is not None and metrics_out.is_dir():
-            raise UserError("is a folder, expected a metrics .json file name", metrics_out)
+        from sslkit.io.atomic import check_writable
+
+        check_writable(metrics_out)  # before any work: no hour lost to a typo
         flags = dict(train=train, val=val, image_root=image_root, val_image_root=val_image_root, arch=arch,
                      encoder=encoder, schedule=schedule, iters=iters, batch_size=batch_size, lr=lr,
                      weight_decay=weight_decay, warmup_iters=warmup_iters, steps=_ints(steps, "--steps"),

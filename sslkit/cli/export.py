@@ -59,7 +59,7 @@ def export(weights: Path, out: Path, fmt: Fmt | None = None, encoder: str | None
 
     from sslkit import __version__
     from sslkit.io.artefacts import command_line
-    from sslkit.io.atomic import atomic_path
+    from sslkit.io.atomic import atomic_path, check_writable
     from sslkit.io.checkpoint import save_detectron2_pkl
     from sslkit.io.images import write_json
     from sslkit.models import convert as C
@@ -77,6 +77,7 @@ def export(weights: Path, out: Path, fmt: Fmt | None = None, encoder: str | None
         raise UserError("output would overwrite the input", out, "choose another -o")
     if out.exists() and not overwrite:
         raise UserError("already exists", out, "choose another -o or pass --overwrite")
+    check_writable(out)
 
     sd, meta = C.backbone_state_dict(weights, encoder=encoder)
     record = {

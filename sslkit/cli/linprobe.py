@@ -182,8 +182,9 @@ def register(app: typer.Typer) -> None:
                 raise UserError(f"--{key} is required")
         cfg = absolute_paths(cfg, KEYS)
         settings = probe_settings(cfg)
-        if out is not None and out.is_dir():
-            raise UserError("is a folder, expected a metrics .json file name", out)
+        from sslkit.io.atomic import check_writable
+
+        check_writable(out)  # before any work: no hour lost to a typo
         rec = run_linprobe(cfg["weights"], cfg["train"], cfg["val"], task=cfg["task"], image_root=cfg["image_root"],
                            val_image_root=cfg["val_image_root"], arch=cfg["arch"], encoder=cfg["encoder"],
                            settings=settings, progress=lambda unit: progress(quiet or as_json, unit))

@@ -90,8 +90,9 @@ def register(app: typer.Typer) -> None:
         if task not in (None, "objects"):
             raise UserError(f"--task {task}: semisup trains a single-label classifier", None,
                             "use --task objects for COCO jsons (class folders need no --task)")
-        if out is not None and out.is_dir():
-            raise UserError("is a folder, expected a metrics .json file name", out)
+        from sslkit.io.atomic import check_writable
+
+        check_writable(out, save_subset)  # before any work: no hour lost to a typo
         flags = dict(train=train, val=val, fraction=fraction, subset_file=subset_file, task=task,
                      image_root=image_root, val_image_root=val_image_root, arch=arch, encoder=encoder, epochs=epochs,
                      batch_size=batch_size, lr=lr, head_lr_mult=head_lr_mult, weight_decay=wd, image_size=image_size,

@@ -107,7 +107,9 @@ def validate(cfg: dict) -> None:
     if not 0.0 <= cfg["warmup_start_factor"] <= 1.0:
         raise UserError(f"warmup_start_factor must be in [0, 1] (got {cfg['warmup_start_factor']})")
     if cfg["warmup_epochs"] > cfg["epochs"]:
-        raise UserError(f"warmup_epochs {cfg['warmup_epochs']} is longer than epochs {cfg['epochs']}")
+        raise UserError(f"warmup_epochs {cfg['warmup_epochs']} is longer than epochs {cfg['epochs']}", None,
+                        f"pass --warmup-epochs {min(cfg['warmup_epochs'], cfg['epochs'] / 10):g} (or any value ≤ "
+                        f"--epochs), or train longer")
     if cfg["workers"] is not None and cfg["workers"] < 0:
         raise UserError("workers must be >= 0")
     if cfg["max_steps"] is not None and cfg["max_steps"] < 1:

@@ -21,7 +21,8 @@ from sslkit.console import console, progress, warn
 
 
 def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Keep the lines of ``path`` with ``step <= last_step`` (and drop a torn last line)."""
+    """Keep the lines of ``path`` with ``step <= last_step``, except records written only because a run
+    stopped there (``"stopped": true``), and drop a torn last line."""
     if not path.exists():
         return
     keep = []
@@ -30,7 +31,7 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if rec.get("step", 0) <= last_step:
+        if rec.get("step", 0) <= last_step and not rec.get("stopped"):
             keep.append(line)
     path.write_text("".join(k + "\n" for k in keep))
 

@@ -172,14 +172,19 @@ def finite(x: float) -> bool:
 
 
 class LogHook(Hook):
-    """Sums the step outputs; every ``every`` steps and at the stop step, rank-averages them, stops the run
-    on a non-finite value, and writes one record through ``logger`` (a :class:`~sslkit.engine.logger.RunLogger`):
-    ``{"step", "epoch", <outputs>, "lr", <after-step values>, "img_per_s", "elapsed_s", "time"}``."""
+    """Sums the step outputs; every ``every`` steps, at the end of the schedule and where the run stops,
+    rank-averages them, stops the run on a non-finite value, and writes one record through ``logger`` (a
+    :class:`~sslkit.engine.logger.RunLogger`): ``{"step", "epoch", <outputs>, "lr", <after-step values>,
+    "img_per_s", "elapsed_s", "time"}`` (``"stopped": true`` for a record written only because the run
+    stopped there; a resume removes it)."""
 
     def __init__(self, logger, every: int, images_per_step: int, epoch_of: Callable[[int], float],
                  lr_value: Callable[[object], float] = lambda lr: lr, what: str = "step",
-                 hint: str = "lower --lr, or use --precision fp32"):
+                 hint: str = "lower --lr, or use --precision fp32", resume: dict | None = None):
+        """``resume``: the :meth:`state` a checkpoint saved, so that the first record after a resume averages
+        the same steps, and logs the same values, as an uninterrupted run's."""
         self.logger = logger
+        self.resume = resume
         self.every = every
         self.images_per_step = images_per_step
         self.epoch_of = epoch_of
@@ -190,7 +195,14 @@ class LogHook(Hook):
     def before_train(self, loop: Loop) -> None:
         self.sums: dict[str, torch.Tensor] = {}
         self.n = 0
+        if self.resume:
+            self.sums = {k: v.clone() for k, v in self.resume["sums"].items()}
+            self.n = int(self.resume["n"])
         self.t_log, self.step_log = time.monotonic(), loop.step
+
+    def state(self) -> dict:
+        """The sums of the steps since the last record (a checkpoint carries them)."""
+        return {"sums": {k: v.detach().cpu().clone() for k, v in self.sums.items()}, "n": self.n}
 
     def after_step(self, loop: Loop, out: dict | None) -> None:
         if out is not None:
@@ -199,7 +211,8 @@ class LogHook(Hook):
                 self.sums[k] = self.sums[k] + v if k in self.sums else v
             self.n += 1
         self.logger.advance(loop.step)
-        if not (loop.step % self.every == 0 or loop.step == loop.stop) or not self.sums:
+        on_grid = loop.step % self.every == 0 or loop.step == loop.total
+        if not (on_grid or loop.step == loop.stop) or not self.sums:
             return
         means = dist.all_reduce_mean(torch.stack(list(self.sums.values())) / self.n).tolist()
         rec = dict(zip(self.sums, means, strict=True))
@@ -211,6 +224,11 @@ class LogHook(Hook):
                "img_per_s": (loop.step - self.step_log) * self.images_per_step / max(now - self.t_log, 1e-9),
                "elapsed_s": round(loop.elapsed(), 3), "time": round(time.time(), 3)}
         loop.metrics = {k: v for k, v in rec.items() if k != "time"}
+        if not on_grid:
+            # a run stopped between records (--max-steps) says where it is, but keeps its sums: the
+            # checkpoint carries them, a resume drops this record, and the log equals an uninterrupted one
+            self.logger.log({**rec, "stopped": True})
+            return
         self.logger.log(rec)
         self.sums, self.n, self.t_log, self.step_log = {}, 0, now, loop.step
 

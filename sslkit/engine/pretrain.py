@@ -40,6 +40,7 @@ from sslkit.engine.rundir import (
     elapsed_of,
     epoch_checkpoint_name,
     link_or_copy,
+    make_run_dir,
     plan,
     prune_epochs,
     restore,
@@ -101,7 +102,7 @@ def _train(cfg: dict, opts: RunOptions, info: dist.DistInfo) -> dict | None:
         device = torch.device("cpu")
 
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_run_dir(run_dir)
         if opts.fresh:
             clear_outputs(run_dir, RUN_OUTPUTS)
         write_text_atomic(run_dir / "config.yaml",
@@ -133,10 +134,10 @@ def _train(cfg: dict, opts: RunOptions, info: dist.DistInfo) -> dict | None:
                                 cfg["optim_momentum"], cfg["lars_eta"])
     amp = Amp(cfg["precision"], cfg["device"])
 
-    step, elapsed_before = 0, 0.0
+    step, elapsed_before, log_state = 0, 0.0, None
     if opts.resume_from:
         ck = restore(opts.resume_from, model, optimizer, amp, num_images=len(dataset), global_batch=global_batch)
-        step, elapsed_before = int(ck["step"]), elapsed_of(ck)
+        step, elapsed_before, log_state = int(ck["step"]), elapsed_of(ck), ck.get("log")
         del ck
     if cfg["compile"]:
         _compile_encoders(model)
@@ -168,7 +169,7 @@ def _train(cfg: dict, opts: RunOptions, info: dist.DistInfo) -> dict | None:
             "ema": model.ema_state(), "rng": rng_state(),
             "data": {"epoch": s // spe, "step_in_epoch": s % spe, "steps_per_epoch": spe,
                      "num_images": len(dataset), "global_batch": global_batch, "seed": cfg["seed"]},
-            "metrics": {**loop.metrics, "elapsed_s": loop.elapsed()},
+            "metrics": {**loop.metrics, "elapsed_s": loop.elapsed()}, "log": log_hook.state(),
         }
         if epoch_end:
             path = save_checkpoint(run_dir / epoch_checkpoint_name(s // spe), payload)
@@ -193,9 +194,8 @@ def _train(cfg: dict, opts: RunOptions, info: dist.DistInfo) -> dict | None:
                     skipped.add(bad)
                 yield batch
 
-    hooks = [LogHook(logger, cfg["log_every"], global_batch, lambda s: s / spe),
-             CheckpointHook(save, cfg["save_every"], epoch_every=spe)]
-    step = loop.run(batches(), hooks)
+    log_hook = LogHook(logger, cfg["log_every"], global_batch, lambda s: s / spe, resume=log_state)
+    step = loop.run(batches(), [log_hook, CheckpointHook(save, cfg["save_every"], epoch_every=spe)])
     dist.barrier()
     if not main:
         return None

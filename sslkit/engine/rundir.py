@@ -18,7 +18,7 @@ import torch
 from sslkit import dist
 from sslkit.console import warn
 from sslkit.errors import UserError
-from sslkit.io.atomic import atomic_path
+from sslkit.io.atomic import atomic_path, describe_os_error
 from sslkit.io.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, set_rng_state
 
 LAST = "last.pth"
@@ -35,16 +35,41 @@ class RunPlan:
     fresh: bool = False
 
 
-def peek_config(path: Path) -> dict:
-    """The config of a checkpoint, read lazily (mmap) without loading the tensors."""
+def _read_config(path: Path) -> dict | str:
+    """A checkpoint's config (read lazily, mmap, without the tensors), or why it cannot be read."""
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same one-line error
-        raise UserError(f"cannot read the checkpoint ({str(e).splitlines()[0][:120]})", path,
-                        "pass --no-resume to start over") from e
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same kind of answer
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return "truncated or damaged" if "zip archive" in first or "central directory" in first else first
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT or not isinstance(ck.get("config"), dict):
-        raise UserError("not an sslkit training checkpoint", path, "pass --no-resume to start over")
+        return "not an sslkit training checkpoint"
     return dict(ck["config"])
+
+
+def peek_config(path: Path) -> dict:
+    """The config of ``path``; a damaged file is one line that names the newest readable epoch
+    checkpoint beside it, if there is one, as the way to resume."""
+    got = _read_config(path)
+    if isinstance(got, dict):
+        return got
+    for epoch in sorted(path.parent.glob("epoch_*.pth"), reverse=True):
+        if isinstance(_read_config(epoch), dict):
+            raise UserError(f"cannot be resumed: {got}", path,
+                            f"resume from the newest good epoch checkpoint with `cp {epoch} {path}` and rerun; "
+                            "--no-resume starts over and removes the run's checkpoints")
+    raise UserError(f"cannot be resumed: {got}", path,
+                    "--no-resume starts over (it removes this run's checkpoints and logs)")
+
+
+def make_run_dir(path: Path) -> None:
+    """Create a run folder; an unwritable place is one line naming it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as e:
+        raise UserError("is a file, expected a run folder", path, "choose another --out") from e
+    except OSError as e:
+        raise describe_os_error(e, path) from e
 
 
 def plan(out: Path, resume: bool | None, outputs: tuple[str, ...], *, eval_only: bool = False) -> RunPlan:

@@ -47,9 +47,20 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     }
     body.update(payload)
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, needed=tensor_bytes(body)) as tmp:
         torch.save(body, tmp)
     return path
+
+
+def tensor_bytes(obj) -> int:
+    """Bytes of the tensors in a nested dict/list (what a ``torch.save`` of it needs, give or take)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def _torch_load(path: Path, map_location="cpu"):

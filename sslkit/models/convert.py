@@ -66,7 +66,7 @@ class KeyMapError(ValueError):
     def __init__(self, what: str, keys: list[str]):
         self.keys = keys
         shown = ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
-        super().__init__(f"{what}: {shown}")
+        super().__init__(f"{what}: {shown}" if keys else what)
 
 
 def _sub(rules: dict, s: str) -> str | None:
@@ -124,14 +124,22 @@ def detectron2_to_torchvision(model: dict) -> dict[str, torch.Tensor]:
     Every BatchNorm gets a ``num_batches_tracked`` of 0 when the file has none, so the result
     loads with ``strict=True`` (the counter has no effect on eval or on training with a momentum).
     """
+    if not isinstance(model, dict):
+        raise KeyMapError(f"its 'model' entry is a {type(model).__name__}, not a dict of arrays", [])
     out: dict[str, torch.Tensor] = {}
-    bad = []
+    bad, not_numeric = [], []
     for k, v in model.items():
-        new = d2_key_to_tv(k)
+        new = d2_key_to_tv(k) if isinstance(k, str) else None
         if new is None:
-            bad.append(k)
+            bad.append(str(k))
             continue
-        out[new] = torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else torch.as_tensor(v).clone()
+        arr = np.asarray(v) if isinstance(v, (np.ndarray, int, float, np.number)) else None
+        if arr is None or arr.dtype.kind not in "biuf":
+            not_numeric.append(k)
+            continue
+        out[new] = torch.from_numpy(np.array(arr))
+    if not_numeric:
+        raise KeyMapError("entries that are not numeric arrays", not_numeric)
     if bad:
         raise KeyMapError("not detectron2 ResNet backbone keys", bad)
     for k in [k for k in out if k.endswith(".running_mean")]:

@@ -36,7 +36,15 @@ from sslkit.engine.bn import average_bn_stats, precise_bn
 from sslkit.engine.config import dump_yaml
 from sslkit.engine.logger import RunLogger
 from sslkit.engine.loop import Amp, CheckpointHook, LogHook, Loop
-from sslkit.engine.rundir import LAST, SKIPPED, SkippedImages, clear_outputs, elapsed_of, restore
+from sslkit.engine.rundir import (
+    LAST,
+    SKIPPED,
+    SkippedImages,
+    clear_outputs,
+    elapsed_of,
+    make_run_dir,
+    restore,
+)
 from sslkit.errors import UserError
 from sslkit.eval.detect.data import RankBatches, TrainImages, collate, load_detection_split
 from sslkit.eval.detect.model import optimizer_param_groups
@@ -151,7 +159,7 @@ def _run(cfg: dict, opts: DetectOptions, info: dist.DistInfo) -> dict | None:
         if info.launcher == "sslkit":
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.local_world_size))
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_run_dir(run_dir)
         if opts.fresh:
             clear_outputs(run_dir, RUN_OUTPUTS)
         if not opts.eval_only:
@@ -181,11 +189,12 @@ def _run(cfg: dict, opts: DetectOptions, info: dist.DistInfo) -> dict | None:
                                 lr=schedule(0), momentum=cfg["momentum"])
     amp = Amp(cfg["precision"], device.type)
 
-    it, elapsed_before, precise_done = 0, 0.0, False
+    it, elapsed_before, precise_done, log_state = 0, 0.0, False, None
     if opts.resume_from:
         ck = restore(opts.resume_from, model, None if opts.eval_only else optimizer, amp, num_images=len(usable),
                      global_batch=cfg["batch_size"])
         it, elapsed_before, precise_done = int(ck["step"]), elapsed_of(ck), bool(ck.get("precise_bn"))
+        log_state = ck.get("log")
         del ck
 
     total = schedule.iters
@@ -231,12 +240,13 @@ def _run(cfg: dict, opts: DetectOptions, info: dist.DistInfo) -> dict | None:
             "data": {"num_images": len(usable), "global_batch": cfg["batch_size"], "seed": cfg["seed"],
                      "iteration": iteration},
             "metrics": {**metrics, "elapsed_s": round(loop.elapsed(), 3)},
+            "log": hooks[0].state() if hooks else None,
         })
 
     def last_record() -> dict:
         return {**loop.metrics, "step": loop.step} if loop.metrics else {"step": loop.step}
 
-    trained = False
+    trained, hooks = False, []
     if not opts.eval_only and it < total:
         if it < stop:
             b = cfg["batch_size"]
@@ -248,9 +258,9 @@ def _run(cfg: dict, opts: DetectOptions, info: dist.DistInfo) -> dict | None:
                            f"{schedule.base_lr:.4g}, warm-up {schedule.warmup_iters}, steps {list(schedule.steps)}; "
                            f"{what}")
             model.train()
-            hooks = [LogHook(logger, cfg["log_every"], b, lambda s: s * b / len(usable), what="iteration",
-                             hint="lower --lr or use --precision fp32"),
-                     CheckpointHook(lambda _: save(last_record(), loop.step), r["save_every"], at_stop=False)]
+            hooks[:] = [LogHook(logger, cfg["log_every"], b, lambda s: s * b / len(usable), what="iteration",
+                                hint="lower --lr or use --precision fp32", resume=log_state),
+                        CheckpointHook(lambda _: save(last_record(), loop.step), r["save_every"], at_stop=False)]
             it = loop.run(batches(it, stop, 0), hooks)
             trained = True
         if it < total:  # stopped by --max-iters (checkpointed): leave the rest for a rerun

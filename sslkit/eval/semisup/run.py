@@ -45,7 +45,7 @@ from sslkit.dist import detect_launcher, resolve_device
 from sslkit.engine.config import resolve_precision
 from sslkit.engine.launch import device_layout, launch
 from sslkit.engine.loop import Amp, CheckpointHook, Hook, Loop
-from sslkit.engine.rundir import LAST, clear_outputs, elapsed_of, plan, restore
+from sslkit.engine.rundir import LAST, clear_outputs, elapsed_of, make_run_dir, plan, restore
 from sslkit.errors import UserError
 from sslkit.eval.data import load_split
 from sslkit.eval.metrics import topk_accuracy
@@ -155,7 +155,7 @@ def _run(cfg: dict, opts: RunOptions, info: dist.DistInfo) -> dict | None:
     precision = resolve_precision(c.precision, device.type)
     run_dir = Path(opts.run_dir) if opts.run_dir else None
     if run_dir is not None and main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_run_dir(run_dir)
         if opts.fresh:
             clear_outputs(run_dir, RUN_OUTPUTS)
         write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg, f"# sslkit semisup: resolved config\n# {opts.command}\n"))

@@ -1,0 +1,157 @@
+"""Crash safety and bad input (issue 22): full disks, read-only places, stale temporaries of killed
+writers, damaged checkpoints, outputs checked before the work, and logs that survive a resume."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from sslkit.errors import DiskFullError, UserError
+from sslkit.io import atomic
+from sslkit.io.checkpoint import save_checkpoint
+from tests.conftest import run_cli as sslkit
+
+
+def _errline(capsys) -> str:
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0], err
+    return err[0]
+
+
+def _raise_on_write(errnum):
+    def write(self, data):
+        raise OSError(errnum, os.strerror(errnum))
+    return write
+
+
+def test_full_disk_keeps_the_old_file_and_removes_the_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "metrics.json"
+    atomic.write_text_atomic(target, "old")
+    monkeypatch.setattr(type(target), "write_bytes", _raise_on_write(errno.ENOSPC))
+    with pytest.raises(DiskFullError, match="no space left on the device") as e:
+        atomic.write_text_atomic(target, "new")
+    assert e.value.exit_code == 1 and str(target) in e.value.line()
+    monkeypatch.undo()
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_read_only_place_is_one_line_naming_the_users_path(tmp_path, monkeypatch):
+    target = tmp_path / "w.pth"
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", lambda **k: (_ for _ in ()).throw(
+        OSError(errno.EROFS, "Read-only file system")))
+    with pytest.raises(UserError, match="read-only file system") as e:
+        atomic.check_writable(target)
+    assert e.value.exit_code == 2 and e.value.path == str(target) and ".tmp" not in e.value.line()
+
+
+def test_checkpoint_that_cannot_fit_fails_before_writing(tmp_path, monkeypatch):
+    import shutil
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    with pytest.raises(DiskFullError, match="needed"):
+        save_checkpoint(tmp_path / "last.pth", {"model": {"w": torch.zeros(10_000)}})
+    assert not list(tmp_path.iterdir())
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    target = tmp_path / "p.h5"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = tmp_path / f".p.h5.{atomic._HOST}-{dead}.abc123.tmp"
+    live = tmp_path / f".p.h5.{atomic._HOST}-{os.getppid()}.def456.tmp"
+    other = tmp_path / f".q.h5.{atomic._HOST}-{dead}.ghi789.tmp"
+    for p in (stale, live, other):
+        p.write_bytes(b"x" * 100)
+    atomic.write_text_atomic(target, "new")
+    assert not stale.exists() and live.exists() and other.exists() and target.read_text() == "new"
+
+
+def test_outputs_are_checked_before_the_work(photo_dir, tmp_path, capsys, monkeypatch):
+    """linprobe, semisup and detect refuse an output they could not write before computing anything."""
+    import sslkit.eval.detect.run as detect_run
+    import sslkit.eval.linprobe as linprobe
+    import sslkit.eval.semisup.run as semisup_run
+
+    def never(*a, **k):
+        raise AssertionError("the work started before the output was checked")
+
+    for mod, name in ((linprobe, "run_linprobe"), (semisup_run, "run_semisup"), (detect_run, "run_detect")):
+        monkeypatch.setattr(mod, name, never)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    out = blocker / "m.json"  # its folder is a file: nothing can be written there
+    common = ["random", "--arch", "resnet_tiny", "--train", photo_dir, "--val", photo_dir]
+    for args in (["linprobe", *common, "-o", out], ["semisup", *common, "--fraction", 0.5, "-o", out],
+                 ["detect", *common, "--out", tmp_path / "d", "-o", out]):
+        assert sslkit(*args) == 2, args
+        line = _errline(capsys)
+        assert "cannot write" in line and str(out) in line, line
+
+
+def test_malformed_detectron2_pkl_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.pkl"
+    with open(bad, "wb") as f:
+        pickle.dump({"model": {"stem.conv1.weight": "not an array"}}, f)
+    assert sslkit("export", bad, "-o", tmp_path / "x.pth") == 2
+    assert "not numeric arrays" in _errline(capsys)
+    with open(bad, "wb") as f:
+        pickle.dump({"model": ["a", "list"]}, f)
+    assert sslkit("export", bad, "-o", tmp_path / "x.pth") == 2
+    assert "not a dict" in _errline(capsys)
+
+
+def test_pretrain_out_that_is_a_file_and_warmup_hint(photo_dir, tmp_path, capsys):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    assert sslkit("pretrain", photo_dir, "-m", "byol", "-o", f) == 2
+    assert "is a file" in _errline(capsys)
+    assert sslkit("pretrain", photo_dir, "-m", "byol", "-o", tmp_path / "r", "--epochs", 1) == 2
+    assert "--warmup-epochs" in _errline(capsys)
+
+
+TINY = ["-m", "byol", "--arch", "resnet_tiny", "--image-size", 32, "--batch-size", 2, "--epochs", 2,
+        "--warmup-epochs", 0, "--workers", 0, "--set", "proj_hidden_dim=16", "--set", "pred_hidden_dim=16",
+        "--set", "proj_dim=8", "--no-tensorboard", "-q", "--log-every", 3]
+
+
+def _log(run) -> list[dict]:
+    keep = ("step", "epoch", "loss", "lr", "momentum")
+    return [{k: r[k] for k in keep} for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())]
+
+
+def test_log_after_a_resume_equals_the_uninterrupted_log(photo_dir, tmp_path):
+    """The loss sums since the last record travel in the checkpoint: stopping at a step that is not a
+    multiple of --log-every and resuming writes the same records as one run."""
+    assert sslkit("pretrain", photo_dir, *TINY, "-o", tmp_path / "full") == 0
+    assert sslkit("pretrain", photo_dir, *TINY, "-o", tmp_path / "cut", "--max-steps", 2) == 0
+    assert sslkit("pretrain", photo_dir, *TINY, "-o", tmp_path / "cut") == 0
+    full, cut = _log(tmp_path / "full"), _log(tmp_path / "cut")
+    assert len(full) == len(cut) >= 2 and full == cut
+
+
+def test_damaged_last_checkpoint_names_the_newest_good_epoch(photo_dir, tmp_path, capsys):
+    run = tmp_path / "r"
+    assert sslkit("pretrain", photo_dir, *TINY, "-o", run, "--set", "keep_last=0") == 0
+    last = run / "last.pth"
+    last.unlink()
+    last.write_bytes(b"PK\x03\x04 truncated")
+    assert sslkit("pretrain", "-o", run) == 2
+    line = _errline(capsys)
+    assert "cannot be resumed" in line and "epoch_0002.pth" in line and len(line) > 200  # never cut short
+
+
+def test_numeric_arrays_pass_the_pkl_check():
+    from sslkit.models.convert import detectron2_to_torchvision
+
+    sd = detectron2_to_torchvision({"stem.conv1.weight": np.zeros((4, 3, 7, 7), np.float32)})
+    assert sd["conv1.weight"].shape == (4, 3, 7, 7)
