@@ -155,3 +155,18 @@ def test_numeric_arrays_pass_the_pkl_check():
 
     sd = detectron2_to_torchvision({"stem.conv1.weight": np.zeros((4, 3, 7, 7), np.float32)})
     assert sd["conv1.weight"].shape == (4, 3, 7, 7)
+
+
+def test_detcon_trains_on_a_folder_whose_masks_skipped_an_unreadable_image(photo_dir, tmp_path, capsys):
+    import shutil
+
+    imgs = tmp_path / "imgs"
+    shutil.copytree(photo_dir, imgs)
+    (imgs / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    assert sslkit("propose", imgs, "--algo", "felzenszwalb", "-o", tmp_path / "fh.h5", "-q", "-j", 1) == 0
+    capsys.readouterr()
+    assert sslkit("pretrain", imgs, "-m", "detcon-s", "--masks", tmp_path / "fh.h5", "-o", tmp_path / "r",
+                  "--arch", "resnet_tiny", "--image-size", 64, "--batch-size", 2, "--epochs", 1, "--warmup-epochs", 0,
+                  "--workers", 0, "--set", "proj_hidden_dim=16", "--set", "proj_dim=8", "--no-tensorboard", "-q") == 0
+    err = capsys.readouterr().err
+    assert err.count("skipped as unreadable") == 1 and "broken.jpg" in err

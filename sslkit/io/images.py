@@ -176,6 +176,11 @@ class ImageSource:
     def __getitem__(self, i: int) -> ImageRecord:
         return self.records[i]
 
+    def without(self, file_names) -> ImageSource:
+        """The same source minus the images named in ``file_names`` (e.g. those an artefact skipped)."""
+        drop = set(file_names)
+        return ImageSource(self.root, [r for r in self.records if r.file_name not in drop], self.kind, self.coco_path)
+
     def by_name(self, file_name: str) -> ImageRecord | None:
         return self._by_name.get(file_name)
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torchvision import tv_tensors
 
+from sslkit.console import warn
 from sslkit.errors import UserError
 from sslkit.io.images import ImageSource
 from sslkit.methods.detcon_ops import cell_owners
@@ -72,9 +73,21 @@ class MaskStore:
                     raise UserError(f"no label-map field {unknown[0]!r}", path, f"fields: {', '.join(available)}")
                 self.fields = names
             self.row = {name: i for i, name in enumerate(a.file_name)}
+            self.skipped = dict(a.skipped)
             self.params = a.params
         self._artefact = None
         self._pid = None
+
+    def usable(self, source: ImageSource) -> ImageSource:
+        """``source`` without the images the artefact skipped (unreadable when it was made; said once), after
+        checking that it has masks for every other one."""
+        skipped = [r.file_name for r in source if r.file_name not in self.row and r.file_name in self.skipped]
+        if skipped:
+            warn(f"{self.path}: training without the {len(skipped)} image(s) it skipped as unreadable (e.g. "
+                 f"{skipped[0]}: {self.skipped[skipped[0]]})")
+            source = source.without(skipped)
+        self.check_covers(source)
+        return source
 
     def check_covers(self, source: ImageSource) -> None:
         missing = [r.file_name for r in source if r.file_name not in self.row]
@@ -142,8 +155,7 @@ class DetConDataset(ImageDataset):
     """
 
     def __init__(self, source: ImageSource, store: MaskStore, views: DetConViews, seed: int):
-        store.check_covers(source)
-        super().__init__(source, views, seed)
+        super().__init__(store.usable(source), views, seed)
         self.store = store
 
     def make_sample(self, image: np.ndarray, record):
