@@ -170,3 +170,24 @@ def test_detcon_trains_on_a_folder_whose_masks_skipped_an_unreadable_image(photo
                   "--workers", 0, "--set", "proj_hidden_dim=16", "--set", "proj_dim=8", "--no-tensorboard", "-q") == 0
     err = capsys.readouterr().err
     assert err.count("skipped as unreadable") == 1 and "broken.jpg" in err
+
+
+def test_a_second_writer_of_a_run_folder_is_refused_while_the_first_lives(photo_dir, tmp_path, capsys):
+    import time
+
+    run = tmp_path / "r"
+    first = subprocess.Popen([sys.executable, "-m", "sslkit", "pretrain", str(photo_dir), *map(str, TINY), "-o",
+                              str(run), "--epochs", "500"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not ((run / ".lock").exists() and (run / ".lock").read_text()) and time.time() < deadline:
+            time.sleep(0.1)
+        capsys.readouterr()
+        assert sslkit("pretrain", photo_dir, *TINY, "-o", run, "--epochs", 500) == 2
+        line = _errline(capsys)
+        assert "being written by another process" in line and f"pid {first.pid}" in line
+    finally:
+        first.kill()
+        first.wait()
+    # the holder died (kill -9): its lock went with it
+    assert sslkit("pretrain", photo_dir, *TINY, "-o", run, "--epochs", 500, "--max-steps", 1) == 0

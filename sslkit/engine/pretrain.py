@@ -14,6 +14,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ from sslkit.errors import UserError
 from sslkit.io.atomic import write_text_atomic
 from sslkit.io.checkpoint import rng_state, save_checkpoint
 from sslkit.io.images import ImageSource
+from sslkit.io.lock import exclusive
 from sslkit.methods import get_method
 
 RUN_OUTPUTS = (LAST, "log.jsonl", "tb", SKIPPED, "config.yaml")
@@ -250,6 +252,8 @@ def run(images: str | None, out: Path | None, layers: list[tuple[str, dict]], *,
     if rp.fresh and not quiet:
         warn(f"--no-resume: removing the earlier run's checkpoints and logs in {out}")
     opts = RunOptions(run_dir=str(out), resume_from=rp.resume_from, fresh=rp.fresh, quiet=quiet, command=command)
-    if ext is not None or nproc * nodes == 1:
-        return train(cfg, opts)
-    return launch(cfg, opts, nproc, nodes, node_rank, rdzv_endpoint, entry=ENTRY)
+    make_run_dir(Path(out))
+    with exclusive(out, "run folder") if ext is None or ext.rank == 0 else contextlib.nullcontext():
+        if ext is not None or nproc * nodes == 1:
+            return train(cfg, opts)
+        return launch(cfg, opts, nproc, nodes, node_rank, rdzv_endpoint, entry=ENTRY)

@@ -4,6 +4,7 @@ engine (here or on launched ranks) or hand over to detectron2."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -13,11 +14,12 @@ from sslkit.console import warn
 from sslkit.dist import detect_launcher
 from sslkit.engine.config import resolve_precision
 from sslkit.engine.launch import device_layout, launch
-from sslkit.engine.rundir import LAST, plan
+from sslkit.engine.rundir import LAST, make_run_dir, plan
 from sslkit.errors import UserError
 from sslkit.eval.detect import settings as S
 from sslkit.eval.detect import train as T
 from sslkit.io.atomic import write_text_atomic
+from sslkit.io.lock import exclusive
 from sslkit.models.convert import backbone_state_dict, load_backbone
 
 LISTING = "sslkit detect --print-config"
@@ -128,6 +130,8 @@ def run_detect(weights: str | None, out: Path, layers: list[tuple[str, dict]], *
         warn(f"--no-resume: removing the earlier run's checkpoint, logs and metrics in {out}")
     opts = T.DetectOptions(run_dir=str(out), resume_from=rp.resume_from, fresh=rp.fresh, eval_only=eval_only,
                            quiet=quiet, command=command)
-    if ext is not None or nproc * nodes == 1:
-        return T.train(cfg, opts)
-    return launch(cfg, opts, nproc, nodes, node_rank, rdzv_endpoint, entry=T.ENTRY)
+    make_run_dir(out)
+    with exclusive(out, "run folder") if ext is None or ext.rank == 0 else contextlib.nullcontext():
+        if ext is not None or nproc * nodes == 1:
+            return T.train(cfg, opts)
+        return launch(cfg, opts, nproc, nodes, node_rank, rdzv_endpoint, entry=T.ENTRY)

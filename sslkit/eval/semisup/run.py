@@ -27,6 +27,7 @@ skipped on every rank when any rank has fewer than two readable images in it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -60,6 +61,7 @@ from sslkit.eval.subsets import (
 )
 from sslkit.io.atomic import write_text_atomic
 from sslkit.io.checkpoint import rng_state, save_checkpoint
+from sslkit.io.lock import exclusive
 from sslkit.models.convert import load_backbone
 
 ENTRY = "sslkit.eval.semisup.run:train"
@@ -371,6 +373,10 @@ def run_semisup(weights: str | None, layers: list[tuple[str, dict]], *, run_dir:
     opts = RunOptions(run_dir=str(run_dir) if run_dir is not None else None,
                       resume_from=rp.resume_from if rp else None, fresh=bool(rp and rp.fresh), quiet=quiet,
                       command=command, subset_out=subset_out)
-    if ext is not None or nproc * nodes == 1:
-        return train(cfg, opts)
-    return launch(cfg, opts, nproc, nodes, node_rank, rdzv_endpoint, entry=ENTRY)
+    locked = run_dir is not None and (ext is None or ext.rank == 0)
+    if locked:
+        make_run_dir(run_dir)
+    with exclusive(run_dir, "run folder") if locked else contextlib.nullcontext():
+        if ext is not None or nproc * nodes == 1:
+            return train(cfg, opts)
+        return launch(cfg, opts, nproc, nodes, node_rank, rdzv_endpoint, entry=ENTRY)
