@@ -3,8 +3,8 @@
 * Transcriptions of the authors' code (tests/reference_losses.py): SimCLR's TF ``objective.py``,
   DeepMind's DetCon ``byol_nce_detcon`` (JAX), BYOL's ``regression_loss``, ORL's ``forward_train`` with
   its ``LatentPredictHead``, MoCo's ``builder.py`` (loss and queue), UniVIP's Eq. 9–10.
-* POT (a ``dev`` dependency) for UniVIP's Sinkhorn plan.
-* lightly (optional: ``pip install lightly``; these tests skip without it): DetConBLoss / DetConSLoss,
+* POT (a ``dev`` dependency, imported unconditionally) for UniVIP's Sinkhorn plan.
+* lightly (the optional ``refs`` extra, ``pip install -e '.[refs]'``; these checks skip without it): DetConBLoss / DetConSLoss,
   NTXentLoss (also with its memory bank, MoCo's form), NegativeCosineSimilarity.
 
 sslkit computes every loss in float32 (``sslkit.methods.numerics``); the transcriptions run in float64,
@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import ot  # POT: a dev dependency, so these checks never skip in CI
 import pytest
 import torch
 import torch.nn.functional as F
@@ -147,13 +148,26 @@ def test_detcon_loss_equals_lightly(variant):
 # ----------------------------------------------------------------------------- BYOL and ORL
 
 
-def test_byol_loss_equals_byols_regression_loss_and_lightly():
+def _byol_inputs():
     g = _gen(3)
-    p, z = torch.randn(5, 16, generator=g, requires_grad=True), torch.randn(5, 16, generator=g)
-    mine = byol_loss(p, z)
-    assert mine.item() == pytest.approx(ref.byol_regression_loss(p.double(), z.double()).item(), rel=1e-6)
+    return torch.randn(5, 16, generator=g, requires_grad=True), torch.randn(5, 16, generator=g)
+
+
+def test_byol_loss_equals_byols_regression_loss():
+    p, z = _byol_inputs()
+    pd = p.detach().double().requires_grad_()
+    mine, theirs = byol_loss(p, z), ref.byol_regression_loss(pd, z.double())
+    assert mine.item() == pytest.approx(theirs.item(), rel=1e-6)
+    torch.testing.assert_close(torch.autograd.grad(mine, p)[0].double(), torch.autograd.grad(theirs, pd)[0],
+                               rtol=1e-5, atol=1e-8)
+
+
+def test_byol_loss_equals_lightly_negative_cosine_similarity():
     lightly_loss = pytest.importorskip("lightly.loss")
+    p, z = _byol_inputs()
+    mine = byol_loss(p, z)
     theirs = 2 + 2 * lightly_loss.NegativeCosineSimilarity()(p, z)  # lightly's is −mean cos
+    assert mine.item() == pytest.approx(theirs.item(), rel=1e-6)
     torch.testing.assert_close(torch.autograd.grad(mine, p)[0], torch.autograd.grad(theirs, p)[0],
                                rtol=1e-5, atol=1e-7)
 
@@ -247,7 +261,6 @@ def test_sinkhorn_plan_equals_pots_sinkhorn_log(hard):
     """POT's ``sinkhorn_log`` updates the columns first; on the transposed problem its iterates are
     sslkit's (rows first), so the two agree to float rounding at any iteration count; converged, POT
     in its own orientation gives the same plan."""
-    ot = pytest.importorskip("ot")  # a dev dependency: CI installs it
     cost, a, b = _ot_problem(hard=hard, n=4 if hard else 5)
     for iters in (5, 50):
         plan = sinkhorn_log(cost, a, b, eps=0.1, iters=iters)
@@ -265,7 +278,6 @@ def test_sinkhorn_plan_equals_pots_sinkhorn_log(hard):
 
 
 def test_sinkhorn_from_half_precision_costs_equals_pot_on_the_rounded_costs():
-    ot = pytest.importorskip("ot")
     cost, a, b = _ot_problem(seed=1)
     for dtype in (torch.float16, torch.bfloat16):
         half = cost.to(dtype)
@@ -283,7 +295,6 @@ def test_sinkhorn_from_half_precision_costs_equals_pot_on_the_rounded_costs():
 def test_univip_marginals_and_instance_loss_equal_the_paper_with_pots_plan():
     """Eq. 9–10 as printed (raw dot products), normalised with the 1e-8 floor, POT's plan, Eq. 11 in the
     2 − 2·cos form: sslkit's instance loss."""
-    ot = pytest.importorskip("ot")
     g = _gen(5)
     o = torch.randn(3, 4, 16, generator=g) * torch.rand(3, 4, 1, generator=g) * 3  # norms vary
     t = torch.randn(3, 4, 16, generator=g)
