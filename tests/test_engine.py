@@ -81,10 +81,12 @@ def _nt_xent_reference(z1, z2, t):
 
 
 def test_nt_xent_equals_the_paper_definition():
+    """``mean`` is the paper's Algorithm 1; the default ``sum`` (official TF code) is twice it."""
     g = torch.Generator().manual_seed(1)
     z1, z2 = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
-    loss, _ = nt_xent(z1, z2, 0.1)
+    loss, _ = nt_xent(z1, z2, 0.1, "mean")
     assert loss.item() == pytest.approx(_nt_xent_reference(z1, z2, 0.1).item(), rel=1e-5)
+    assert nt_xent(z1, z2, 0.1)[0].item() == pytest.approx(2 * loss.item(), rel=1e-6)
 
 
 

@@ -33,6 +33,8 @@ ENGINE_KEYS: dict[str, Key] = {
     "weight_decay": Key(1e-4, float, "weight decay"),
     "optim_momentum": Key(0.9, float, "SGD/LARS momentum"),
     "lars_eta": Key(1e-3, float, "LARS trust coefficient"),
+    "lars_lr_placement": Key("inside", str, "LARS: lr inside the momentum buffer (SimCLR's TF code) or outside "
+                             "it (BYOL's/DetCon's optax code); same at constant lr", choices=("inside", "outside")),
     "warmup_epochs": Key(0.0, float, "linear lr warm-up length (epochs)"),
     "warmup_start_factor": Key(1e-4, float, "warm-up starts at this fraction of the peak lr"),
     "min_lr": Key(0.0, float, "cosine schedule end value (absolute)"),
@@ -77,9 +79,21 @@ def method_keys(method_cls) -> dict[str, Key]:
     return keys
 
 
+#: settings added after runs were made whose default is not what those runs did: a checkpoint without
+#: the key resumes with the value it was trained with, not the new default
+BEFORE_THE_KEY: dict[str, object] = {
+    "lars_lr_placement": "inside",  # LARS had the lr inside the momentum only
+    "loss_directions": "mean",  # SimCLR averaged the two directions
+    "ot_marginals": "normalized",  # UniVIP's marginals used L2-normalised vectors
+}
+
+
 def resolve(method_cls, layers: list[tuple[str, dict]], base: dict | None = None) -> dict:
     """Defaults (or ``base``, a checkpoint's config) overlaid by ``layers`` ``[(where, mapping), …]``."""
-    return _resolve(method_keys(method_cls), layers, base, owner=method_cls.name,
+    keys = method_keys(method_cls)
+    if base is not None:
+        base = {**{k: v for k, v in BEFORE_THE_KEY.items() if k in keys}, **base}
+    return _resolve(keys, layers, base, owner=method_cls.name,
                     listing=f"sslkit pretrain --method {method_cls.name} --print-config")
 
 

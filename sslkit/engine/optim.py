@@ -3,7 +3,8 @@
 * ``sgd``: weight decay on every parameter, BN and biases included (ORL/OpenSelfSup and the MoCo
   repo both do this).
 * ``lars``: biases and BN parameters (every 1-d tensor) get neither weight decay nor the LARS
-  trust ratio (SimCLR and BYOL code; OpenSelfSup ``lars_exclude``).
+  trust ratio (SimCLR and BYOL code; OpenSelfSup ``lars_exclude``). ``lr_placement`` says where the
+  learning rate enters (below).
 * ``adamw``: 1-d tensors without weight decay (the usual AdamW practice).
 """
 
@@ -12,22 +13,39 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+#: where LARS applies the learning rate: ``inside`` the momentum buffer (SimCLR's TF ``LARSOptimizer``
+#: with ``classic_momentum=True``) or ``outside`` it (BYOL's and DetCon's optax ``lars``:
+#: ``scale_by_lars`` accumulates the momentum, then ``optax.scale(-lr)``; also ``torch.optim.SGD``)
+LR_PLACEMENTS = ("inside", "outside")
+
 
 class LARS(torch.optim.Optimizer):
     """Layer-wise Adaptive Rate Scaling (You et al. 2017) as SimCLR/BYOL use it.
 
-    For a parameter group with ``lars_adapt=True`` the update direction ``g + wd·w`` is scaled by
-    the trust ratio ``eta·‖w‖ / ‖g + wd·w‖`` (1 when either norm is 0), then heavy-ball momentum:
-    ``v ← m·v + lr·trust·(g + wd·w)``, ``w ← w − v``. Groups with ``lars_adapt=False`` are plain
-    momentum SGD (with their own weight decay, usually 0).
+    For a parameter group with ``lars_adapt=True`` the update direction ``d = g + wd·w`` is scaled by
+    the trust ratio ``eta·‖w‖ / ‖d‖`` (1 when either norm is 0); groups with ``lars_adapt=False`` use
+    ``d`` unscaled (with their own weight decay, usually 0). Then heavy-ball momentum, with the
+    learning rate either
+
+    * ``lr_placement="inside"`` (SimCLR TF): ``v ← m·v + lr·trust·d``, ``w ← w − v``; or
+    * ``lr_placement="outside"`` (BYOL/DetCon optax): ``v ← m·v + trust·d``, ``w ← w − lr·v``.
+
+    The two are identical at constant lr. While the lr changes they differ: inside, the buffer keeps
+    each past step at the lr it had; outside, the whole buffer moves at today's lr. During a linear
+    warm-up from 0 (m = 0.9, a constant gradient direction) the inside step is 0.53 of the outside
+    one at warm-up step 1, 0.60 at step 10, 0.91 at step 100 and 0.98 at step 500; under the
+    cosine decay it is slightly larger. The momentum buffers of the two placements are not
+    interchangeable, so the setting is fixed for a run.
     """
 
     def __init__(self, params, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
-                 eta: float = 1e-3, lars_adapt: bool = True):
+                 eta: float = 1e-3, lars_adapt: bool = True, lr_placement: str = "inside"):
         if lr < 0 or momentum < 0 or weight_decay < 0 or eta <= 0:
             raise ValueError("LARS: lr, momentum, weight_decay must be >= 0 and eta > 0")
+        if lr_placement not in LR_PLACEMENTS:
+            raise ValueError(f"LARS: lr_placement must be one of {LR_PLACEMENTS} (got {lr_placement!r})")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
-                                      lars_adapt=lars_adapt))
+                                      lars_adapt=lars_adapt, lr_placement=lr_placement))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -37,6 +55,7 @@ class LARS(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             wd, m, lr, eta = group["weight_decay"], group["momentum"], group["lr"], group["eta"]
+            inside = group.get("lr_placement", "inside") == "inside"
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -51,11 +70,12 @@ class LARS(torch.optim.Optimizer):
                     d = d.mul(trust)
                 state = self.state[p]
                 buf = state.get("momentum_buffer")
+                scale = lr if inside else 1.0
                 if buf is None:
-                    buf = state["momentum_buffer"] = torch.clone(d).mul_(lr)
+                    buf = state["momentum_buffer"] = torch.clone(d).mul_(scale)
                 else:
-                    buf.mul_(m).add_(d, alpha=lr)
-                p.sub_(buf)
+                    buf.mul_(m).add_(d, alpha=scale)
+                p.sub_(buf if inside else buf * lr)
         return loss
 
 
@@ -70,10 +90,11 @@ def _split_decay(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9,
-                    lars_eta: float = 1e-3) -> torch.optim.Optimizer:
+                    lars_eta: float = 1e-3, lars_lr_placement: str = "inside") -> torch.optim.Optimizer:
     """The optimizer for ``model``'s trainable parameters (frozen EMA targets are left out).
 
     ``lr`` is the initial value; the engine sets every group's ``lr`` from the schedule each step.
+    ``lars_lr_placement`` (LARS only): see :class:`LARS`.
     """
     if name == "sgd":
         params = [p for p in model.parameters() if p.requires_grad]
@@ -81,7 +102,7 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
     decay, no_decay = _split_decay(model)
     if name == "lars":
         return LARS([{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "lars_adapt": False}],
-                    lr=lr, momentum=momentum, weight_decay=weight_decay, eta=lars_eta)
+                    lr=lr, momentum=momentum, weight_decay=weight_decay, eta=lars_eta, lr_placement=lars_lr_placement)
     if name == "adamw":
         return torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
                                  lr=lr, weight_decay=weight_decay)

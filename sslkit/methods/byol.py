@@ -12,18 +12,20 @@ import torch
 import torch.nn.functional as F
 
 from sslkit.methods.base import Method
+from sslkit.methods.numerics import fp32_loss
 from sslkit.models.ema import ema_momentum, ema_update, frozen_copy
 from sslkit.models.heads import byol_mlp
 from sslkit.transforms import MultiView, byol_views, tune_views
 
 
+@fp32_loss
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of ``‖p/‖p‖ − z/‖z‖‖² = 2 − 2·cos(p, z)``: 0 for parallel, 4 for opposite vectors.
 
-    ``z`` is the target projection; it is detached here (stop-gradient).
+    ``z`` is the target projection; it is detached here (stop-gradient). Float32, autocast off.
     """
-    p = F.normalize(p.float(), dim=-1)
-    z = F.normalize(z.detach().float(), dim=-1)
+    p = F.normalize(p, dim=-1)
+    z = F.normalize(z.detach(), dim=-1)
     return (2.0 - 2.0 * (p * z).sum(dim=-1)).mean()
 
 
@@ -75,6 +77,9 @@ class BYOL(OnlineTarget, Method):
         "optim_momentum": 0.9,
         "warmup_epochs": 4.0,
         "warmup_start_factor": 1e-4,
+        # with --optimizer lars (e.g. UniVIP's ImageNet recipe "following BYOL"): BYOL's optax LARS applies
+        # the lr after the momentum [C deepmind-research/byol utils/optimizers.py]
+        "lars_lr_placement": "outside",
         "sync_bn": True,
         # BYOL §3.2 / ORL: τ_base 0.99, cosine to 1 per iteration; heads 4096 → 256 (spec §2.1)
         "ema_momentum": 0.99,

@@ -38,8 +38,10 @@ _COMMON_DEFAULTS = {
     "image_size": 224,  # §3.1: "images are resized to 224×224"
     "batch_size": 4096,  # §4 / appendix A.3: 4096 over 128 TPU workers
     "optimizer": "lars",  # appendix: LARS (η = 1e-3), bias and BN excluded [C]
+    "lars_lr_placement": "outside",  # optax lars: momentum, then optax.scale(-lr) [C] (-S: same code base [I])
     "lr_scaling": "linear",
     "optim_momentum": 0.9,
+    "warmup_start_factor": 0.0,  # linear warm-up from lr 0 [C] (schedules.learning_schedule)
     "sync_bn": True,  # cross-replica BN [C]
     "masks": "",
     "mask_fields": "all",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sslkit.methods.numerics import fp32_loss
+
 #: masks sampled per view and image (paper §3.1, "a set of 16 (possibly redundant) masks")
 NUM_MASKS = 16
 #: latents are rescaled to norm 1/sqrt(tau) (paper §3.1, tau = 0.1)
@@ -79,6 +81,7 @@ def mask_pool(features: torch.Tensor, weights: torch.Tensor, eps: float = 1e-6) 
     return num / w.sum((2, 3)).clamp_min(eps)[..., None]
 
 
+@fp32_loss
 def detcon_loss(
     q1: torch.Tensor, q2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor,
     id1: torch.Tensor, id2: torch.Tensor, *, tau: float = TEMPERATURE, rank: int = 0,
@@ -96,9 +99,10 @@ def detcon_loss(
     the negatives are every other latent of both views of every image, except same-segment duplicates in
     the same view. Rows whose segment is absent from the other view carry weight 0; each distinct segment
     counts once (weight 1/duplicates). Mean over the B·K rows, summed over the two directions (spec §2.5).
+    Float32 with autocast off (:func:`~sslkit.methods.numerics.fp32_loss`): the similarity einsums too.
     """
-    q1, q2 = F.normalize(q1.float(), dim=-1), F.normalize(q2.float(), dim=-1)
-    t1, t2 = F.normalize(t1.float(), dim=-1), F.normalize(t2.float(), dim=-1)
+    q1, q2 = F.normalize(q1, dim=-1), F.normalize(q2, dim=-1)
+    t1, t2 = F.normalize(t1, dim=-1), F.normalize(t2, dim=-1)
     g = gather if gather is not None else (lambda x: x)
     T1, T2 = g(t1), g(t2)
     B, K, _ = q1.shape

@@ -14,19 +14,21 @@ import torch.nn.functional as F
 
 from sslkit import dist
 from sslkit.methods.base import Method
+from sslkit.methods.numerics import fp32_loss
 from sslkit.models.ema import ema_momentum, ema_update, frozen_copy
 from sslkit.models.heads import mocov2_projector
 from sslkit.transforms import MultiView, mocov2_views, tune_views
 
 
+@fp32_loss
 def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """MoCo's InfoNCE: cross-entropy of ``[q·k, q·queue]/T`` with the positive at index 0.
 
     ``q``, ``k``: (N, D) L2-normalised; ``queue``: (K, D) L2-normalised negatives. Returns
-    ``(loss, top-1 accuracy of the positive)``.
+    ``(loss, top-1 accuracy of the positive)``. Float32, autocast off.
     """
-    q, k, queue = q.float(), k.detach().float(), queue.detach().float()
+    k, queue = k.detach(), queue.detach()
     l_pos = (q * k).sum(dim=1, keepdim=True)
     l_neg = q @ queue.T
     logits = torch.cat([l_pos, l_neg], dim=1) / temperature

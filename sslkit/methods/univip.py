@@ -10,8 +10,8 @@ cropped at 96 px. Three equally weighted terms (Eq. 12):
   the embedding dimension, pulled toward the target embeddings of *both* scene views;
 * instance–instance (Eq. 7–11): optimal transport between the K online and K target instance
   embeddings, cost 1 − cos (Eq. 8), marginals from each instance's agreement with the other
-  branch's scene embeddings (Eq. 9–10), solved by log-domain Sinkhorn–Knopp (following OTA), the
-  loss the plan-weighted cosine.
+  branch's scene embeddings (Eq. 9–10, raw dot products as printed; ``ot_marginals``), solved by
+  log-domain Sinkhorn–Knopp (following OTA), the loss the plan-weighted cosine.
 
 Every term uses BYOL's ``2 − 2·cos`` form (spec §2.4 [I]: twice the paper's −cos plus a constant,
 so the 1:1:1 weights hold and ORL's lr, which UniVIP adopts, applies). The network is BYOL's:
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit.methods.byol import BYOL, byol_loss
+from sslkit.methods.numerics import fp32_loss
 from sslkit.proposals.filters import ORL_DEFAULTS
 
 #: spec §2.4 / §6.10 [OTA, I]: Sinkhorn entropic regulariser and iterations
@@ -33,6 +34,9 @@ OT_EPS = 0.1
 OT_ITERS = 50
 #: spec §6.9 [I]: added to the ReLU'd marginals before normalising, so all-zero marginals become uniform
 MARGINAL_FLOOR = 1e-8
+#: the vectors of Eq. 9–10: ``raw`` dot products as the paper writes them [P], or ``normalized``
+#: (L2-normalised vectors, cosines; the digest's [I] recommendation, spec §6.8); docs/univip.md says why raw
+OT_MARGINALS = ("raw", "normalized")
 
 
 def normalize_marginal(w: torch.Tensor, floor: float = MARGINAL_FLOOR) -> torch.Tensor:
@@ -68,38 +72,47 @@ def sinkhorn_log(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: floa
         return torch.exp(f.unsqueeze(-1) + log_k + g.unsqueeze(-2))
 
 
+@fp32_loss
 def ot_marginals(o: torch.Tensor, t: torch.Tensor, f_o: tuple[torch.Tensor, torch.Tensor],
-                 f_t: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 9–10 on L2-normalised vectors (spec §6.8 [I]), without gradient.
+                 f_t: tuple[torch.Tensor, torch.Tensor], mode: str = "raw") -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 9–10, without gradient, in float32 with autocast off.
 
     ``o``/``t`` (B, K, D): online / target instance embeddings; ``f_o`` the online predictions and
     ``f_t`` the target projections of the two scene views, each (B, D). Returns
-    ``b_m = max(ō_m · (f̄_t1 + f̄_t2)/2, 0)`` (online suppliers) and
-    ``a_n = max(t̄_n · (f̄_o1 + f̄_o2)/2, 0)`` (target demanders), each (B, K), not yet normalised.
+    ``b_m = max(o_m · (f_t1 + f_t2)/2, 0)`` (online suppliers) and
+    ``a_n = max(t_n · (f_o1 + f_o2)/2, 0)`` (target demanders), each (B, K), not yet normalised.
+    ``mode="raw"`` uses the vectors as they are (the paper's equations); ``"normalized"`` L2-normalises
+    every vector first (spec §6.8 [I]), so each weight is the cosine with the mean scene direction and an
+    instance's embedding norm no longer scales its mass.
     """
+    if mode not in OT_MARGINALS:
+        raise ValueError(f"mode must be one of {OT_MARGINALS} (got {mode!r})")
     with torch.no_grad():
-        def unit(x):
-            return F.normalize(x.detach().float(), dim=-1)
+        def vec(x):
+            x = x.detach()
+            return F.normalize(x, dim=-1) if mode == "normalized" else x
 
-        scene_t = (unit(f_t[0]) + unit(f_t[1])) / 2
-        scene_o = (unit(f_o[0]) + unit(f_o[1])) / 2
-        b = torch.einsum("bkd,bd->bk", unit(o), scene_t).clamp_min(0)
-        a = torch.einsum("bkd,bd->bk", unit(t), scene_o).clamp_min(0)
+        scene_t = (vec(f_t[0]) + vec(f_t[1])) / 2
+        scene_o = (vec(f_o[0]) + vec(f_o[1])) / 2
+        b = torch.einsum("bkd,bd->bk", vec(o), scene_t).clamp_min(0)
+        a = torch.einsum("bkd,bd->bk", vec(t), scene_o).clamp_min(0)
     return b, a
 
 
+@fp32_loss
 def instance_loss(o: torch.Tensor, t: torch.Tensor, f_o: tuple[torch.Tensor, torch.Tensor],
                   f_t: tuple[torch.Tensor, torch.Tensor], eps: float = OT_EPS,
-                  iters: int = OT_ITERS) -> tuple[torch.Tensor, torch.Tensor]:
+                  iters: int = OT_ITERS, marginals: str = "raw") -> tuple[torch.Tensor, torch.Tensor]:
     """L_instance (Eq. 11) in the ``2 − 2·cos`` form: the batch mean of ``2·Σ_mn Y*_mn (1 − cos(o_m, t_n))``.
 
     ``Y*`` = :func:`sinkhorn_log` of cost ``1 − cos`` (Eq. 8) with row marginals ``b`` (online) and
-    column marginals ``a`` (target) from :func:`ot_marginals`; plan and marginals carry no gradient,
-    which flows through ``cos(o_m, t_n)`` into the online instance branch only (``t`` is detached).
-    Since ``ΣY* = 1`` this is ``2 − 2·Σ Y* cos`` = 2 × Eq. 11 + 2. Returns (loss, plan (B, K, K)).
+    column marginals ``a`` (target) from :func:`ot_marginals` (``marginals``: its ``mode``); plan and
+    marginals carry no gradient, which flows through ``cos(o_m, t_n)`` into the online instance branch
+    only (``t`` is detached). Since ``ΣY* = 1`` this is ``2 − 2·Σ Y* cos`` = 2 × Eq. 11 + 2. Float32
+    with autocast off. Returns (loss, plan (B, K, K)).
     """
-    cos = F.normalize(o.float(), dim=-1) @ F.normalize(t.detach().float(), dim=-1).transpose(-1, -2)
-    b, a = ot_marginals(o, t, f_o, f_t)
+    cos = F.normalize(o, dim=-1) @ F.normalize(t.detach(), dim=-1).transpose(-1, -2)
+    b, a = ot_marginals(o, t, f_o, f_t, marginals)
     plan = sinkhorn_log(1.0 - cos, b, a, eps, iters)
     return (2.0 * (plan * (1.0 - cos)).sum((-2, -1))).mean(), plan
 
@@ -132,6 +145,7 @@ class UniVIP(BYOL):
         "instance_weight": 1.0,
         "ot_eps": OT_EPS,
         "ot_iters": OT_ITERS,
+        "ot_marginals": "raw",  # Eq. 9–10 as printed [P]; the digest's normalised variant is [I]
     }
     HELP = {
         **BYOL.HELP,
@@ -156,6 +170,7 @@ class UniVIP(BYOL):
         "instance_weight": "weight of L_instance, the optimal-transport term (Eq. 11)",
         "ot_eps": "Sinkhorn entropic regulariser ε",
         "ot_iters": "Sinkhorn iterations",
+        "ot_marginals": "OT marginals (Eq. 9–10): raw dot products (paper) or normalized (cosines)",
     }
 
     def __init__(self, cfg: dict):
@@ -164,7 +179,7 @@ class UniVIP(BYOL):
         self.scene_weight = cfg["scene_weight"]
         self.scene_instance_weight = cfg["scene_instance_weight"] if k else 0.0
         self.instance_weight = cfg["instance_weight"] if k else 0.0
-        self.ot_eps, self.ot_iters = cfg["ot_eps"], cfg["ot_iters"]
+        self.ot_eps, self.ot_iters, self.ot_marginals = cfg["ot_eps"], cfg["ot_iters"], cfg["ot_marginals"]
         if self.scene_instance_weight:
             # Eq. 4: f_linear maps concat(o_1..o_K) (K·d) to the scene embedding dimension d; online only
             self.f_linear = nn.Linear(k * cfg["proj_dim"], cfg["proj_dim"])
@@ -228,6 +243,8 @@ class UniVIP(BYOL):
             raise UserError(f"overlap_tries must be >= 1 (got {cfg['overlap_tries']})")
         if cfg["ot_eps"] <= 0 or cfg["ot_iters"] < 1:
             raise UserError("Sinkhorn needs ot_eps > 0 and ot_iters >= 1")
+        if cfg["ot_marginals"] not in OT_MARGINALS:
+            raise UserError(f"ot_marginals must be raw or normalized (got {cfg['ot_marginals']!r})")
 
     def forward_train(self, batch) -> dict[str, torch.Tensor]:
         s1, s2, inst_a, inst_b, stats = batch
@@ -256,7 +273,8 @@ class UniVIP(BYOL):
             if self.instance_weight:
                 with torch.no_grad():
                     t = self.target_projector(self.target_backbone(inst_b)).view(b, k, -1)
-                out["loss_instance"], _ = instance_loss(o, t, (p1, p2), (z1, z2), self.ot_eps, self.ot_iters)
+                out["loss_instance"], _ = instance_loss(o, t, (p1, p2), (z1, z2), self.ot_eps, self.ot_iters,
+                                                          self.ot_marginals)
                 loss = loss + self.instance_weight * out["loss_instance"]
         n_boxes = stats[:, :2].sum()
         out = {"loss": loss, **{k: v.detach() for k, v in out.items()},
