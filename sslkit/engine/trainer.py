@@ -3,7 +3,7 @@ schedules, EMA hooks, checkpoint/resume and logging.
 
 Step ``k`` (0-based) of a run:
 
-1. lr ← schedule(k) on every parameter group;
+1. lr ← schedule(k) on every parameter group (a method's ``fixed_lr`` groups keep the peak lr);
 2. the batch of step ``k`` (see :mod:`sslkit.engine.data`) → ``method(batch)`` under autocast →
    backward (GradScaler with fp16) → optimizer step;
 3. ``method.on_after_step(k, total)`` (EMA / momentum encoders);
@@ -137,7 +137,7 @@ def train_step(module: nn.Module, model, optimizer: torch.optim.Optimizer, amp: 
     DDP wrapper of ``model``), backward, step, then the method's after-step hook.
     Returns (the method's outputs, the hook's values)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr if group.get("fixed_lr") is None else group["fixed_lr"]
     with amp.autocast():
         out = module(batch)
     optimizer.zero_grad(set_to_none=True)
@@ -205,7 +205,7 @@ def _train(cfg: dict, opts: RunOptions, info: dist.DistInfo) -> dict | None:
     schedule = WarmupCosine(peak, total, round(cfg["warmup_epochs"] * spe), cfg["warmup_start_factor"],
                             cfg["min_lr"])
     optimizer = build_optimizer(model, cfg["optimizer"], schedule(0), cfg["weight_decay"],
-                                cfg["optim_momentum"], cfg["lars_eta"])
+                                cfg["optim_momentum"], cfg["lars_eta"], peak_lr=peak)
     amp = Amp(cfg["precision"], cfg["device"])
 
     step, elapsed_before = 0, 0.0
