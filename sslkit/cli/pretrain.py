@@ -24,6 +24,8 @@ Examples:
   sslkit pretrain coco/train2017 --method byol --out runs/byol
   sslkit pretrain imgs/ -m simclr -o runs/s --batch-size 512 --gpus 8 --precision bf16
   sslkit pretrain imgs/ -m mocov2 -o runs/m --procs 2 --arch resnet18 --image-size 96
+  sslkit pretrain imagenet/train -m regioncl-m -o runs/rclm --gpus 8
+  sslkit pretrain imgs/ -m regioncl-s -o runs/rcls --set regioncl_cells_max=4
   torchrun --nproc-per-node 8 -m sslkit pretrain imgs/ -m byol -o runs/b
   sslkit pretrain --out runs/byol                 # continue an interrupted run
   sslkit pretrain --method byol --print-config    # show the defaults
@@ -197,8 +199,9 @@ def register(app: typer.Typer) -> None:
         lr_scaling: str | None = typer.Option(None, help="linear (×B/256), sqrt (×√B) or none."),
         weight_decay: float | None = typer.Option(None, help="Weight decay."),
         warmup_epochs: float | None = typer.Option(None, help="Linear lr warm-up epochs."),
-        temperature: float | None = typer.Option(None, help="Contrastive temperature (mocov2, simclr)."),
-        queue_size: int | None = typer.Option(None, help="MoCo queue length K."),
+        temperature: float | None = typer.Option(None, help="Contrastive temperature (MoCo v2, DenseCL, "
+                                                 "RegionCL-M/-D, SimCLR)."),
+        queue_size: int | None = typer.Option(None, help="MoCo queue length K (DenseCL, RegionCL-M/-D: each queue)."),
         ema_momentum: float | None = typer.Option(None, help="EMA momentum: BYOL τ at step 0, MoCo m."),
         seed: int | None = typer.Option(None, help="Seed (init, data order, augmentations)."),
         gpus: int | None = typer.Option(None, help="CUDA workers on this node (default: all visible; 0: CPU)."),
