@@ -216,26 +216,34 @@ def _twin(cls_a, cls_b, **over):
     return a, b
 
 
-def test_regioncl_m_instance_term_is_moco_v2_and_weight_0_is_moco_v2_exactly():
+def test_regioncl_m_instance_term_is_moco_v2s_loss():
     batch = batch_of(6)
     moco, rcl = _twin(MoCoV2, RegionCLM)
     ref = moco(batch)
     out = rcl(batch)
     assert torch.equal(out["loss_ins"], ref["loss"].detach())
     assert torch.allclose(out["loss"], out["loss_ins"] + out["loss_reg"])
-    moco, rcl = _twin(MoCoV2, RegionCLM, reg_weight=0.0)
-    opt_a = torch.optim.SGD([p for p in moco.parameters() if p.requires_grad], lr=0.1)
-    opt_b = torch.optim.SGD([p for p in rcl.parameters() if p.requires_grad], lr=0.1)
+
+
+@pytest.mark.parametrize("base, variant", [("mocov2", "regioncl-m"), ("simsiam", "regioncl-s"),
+                                           ("densecl", "regioncl-d")])
+def test_region_weight_0_is_the_base_method_exactly(base, variant):
+    """Same init, same batches, two SGD steps: equal losses at every step and equal final weights,
+    queues and BN statistics (the variant only adds its swap counter)."""
+    batch = batch_of(6)
+    a, b = _twin(METHODS[base], METHODS[variant], reg_weight=0.0)
+    opt_a = torch.optim.SGD([p for p in a.parameters() if p.requires_grad], lr=0.1)
+    opt_b = torch.optim.SGD([p for p in b.parameters() if p.requires_grad], lr=0.1)
     for step in range(2):
-        la, lb = moco(batch)["loss"], rcl(batch)["loss"]
+        la, lb = a(batch)["loss"], b(batch)["loss"]
         assert torch.equal(la, lb)
-        for opt, loss, m in ((opt_a, la, moco), (opt_b, lb, rcl)):
+        for opt, loss, m in ((opt_a, la, a), (opt_b, lb, b)):
             opt.zero_grad()
             loss.backward()
             opt.step()
             m.on_after_step(step, 2)
-    sa, sb = moco.state_dict(), rcl.state_dict()
-    assert set(sb) - set(sa) == {"swap_step"}
+    sa, sb = a.state_dict(), b.state_dict()
+    assert set(sb) - set(sa) == {"swap_step"} and int(sb["swap_step"]) == 2
     assert all(torch.equal(sa[n], sb[n]) for n in sa)
 
 

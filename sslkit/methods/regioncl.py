@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from sslkit import dist
+from sslkit.console import warn
 from sslkit.errors import UserError
 from sslkit.methods.densecl import DenseCL
 from sslkit.methods.mocov2 import MoCoV2, info_nce
@@ -109,8 +110,6 @@ class RegionSwap:
                             f"(RegionCL's 3-5 need views of at least {6 * STRIDE} px)")
         per_rank = cfg["batch_size"] // max(1, cfg["world_size"])
         if per_rank % 2:
-            from sslkit.console import warn
-
             warn(f"{cls.name}: the per-rank batch {per_rank} is odd, so the middle image of each batch pairs "
                  "with itself; its region terms are left out")
 
