@@ -8,10 +8,11 @@ Everything runs through the real CLI (`sslkit ...` subprocesses), as a user woul
 
 Prints a markdown table and writes OUT/quality.json. Budget = same epochs, batch, image size and
 arch for every method (ORL's stage 1 is the BYOL run of the same table, as in the paper).
-Methods: byol, simclr, mocov2, detcon-b, detcon-s (FH masks), detcon-b-grid, detcon-s-grid, orl,
-univip, and the variants of VARIANTS (byol-blur224, byol-blur224-lr4x, orl-intra, orl-inter,
-univip-k0, univip-k2, univip-no-ot, univip-no-si). ``--heldout F`` adds object probes on cutouts the
-probe never trained on; ``--probes`` picks the probes (``background/...``: a diagnostic on demo-data
+Methods: byol, simclr, mocov2, simsiam, densecl, detcon-b, detcon-s (FH masks), detcon-b-grid,
+detcon-s-grid, orl, univip, regioncl-m, regioncl-s, regioncl-d (boxes scaled to the feature grid:
+C_U = min(5, grid − 1), C_L = min(3, C_U); 1 cell of a 2×2 grid at 64 px), and the variants of
+VARIANTS (byol-blur224, byol-blur224-lr4x, orl-intra, orl-inter, univip-k0, univip-k2, univip-no-ot,
+univip-no-si). ``--heldout F`` adds object probes on cutouts the probe never trained on; ``--probes`` picks the probes (``background/...``: a diagnostic on demo-data
 scenes, which background photo a scene was built on); ``--probe-wd auto`` cross-validates the
 linear probes' weight decay (``sslkit linprobe --wd auto``); ``--probe-epochs`` also probes epoch
 checkpoints of the image-level runs; ``--set KEY=VALUE`` passes a pretraining setting to every run
@@ -174,8 +175,8 @@ def main() -> None:
             return ck, json.loads(done.read_text())["seconds"]
         from sslkit.methods import get_method
 
-        has_predictor = "pred_hidden_dim" in get_method(method).DEFAULTS
-        heads = small_heads + (["--set", "pred_hidden_dim=1024"] if has_predictor else [])
+        wide_predictor = get_method(method).DEFAULTS.get("pred_hidden_dim", 0) > 1024  # SimSiam's 512 stays
+        heads = small_heads + (["--set", "pred_hidden_dim=1024"] if wide_predictor else [])
         secs = sh("pretrain", train, "-m", method, "-o", run, *common, *heads, *extra, log=log)
         done.write_text(json.dumps({"seconds": secs}))
         return ck, secs
@@ -192,7 +193,11 @@ def main() -> None:
             """This table row's pretraining run (its own folder, its variant's --set switches)."""
             return pretrain(name, method, *extra, *sets)
 
-        if m in ("byol", "simclr", "mocov2"):
+        if m.startswith("regioncl-"):
+            cmax = min(5, args.image_size // 32 - 1)
+            weights[name] = tuple(map(str, run(m, "--set", f"regioncl_cells_min={min(3, cmax)}",
+                                               "--set", f"regioncl_cells_max={cmax}")))
+        elif m in ("byol", "simclr", "mocov2", "simsiam", "densecl"):
             ck, secs = run(m)
             for e in probe_epochs:  # mid-schedule checkpoints of the same run; their time is a share of the run's
                 epoch_ck = ck.parent / f"epoch_{e:04d}.pth"

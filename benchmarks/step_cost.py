@@ -10,6 +10,13 @@ interleaved over `--repeats` rounds and the median step time is reported.
         --univip-views cands.h5 --arch resnet18 --image-size 96 --batch-size 32
 
 Targets from the issues: DetCon-B ≤ 1.3× BYOL; UniVIP ≤ 1.5× BYOL (the paper reports about +35%).
+
+``--regioncl`` adds RegionCL's three variants and their bases (MoCo v2, SimSiam, DenseCL) with each
+variant's ratio to its base (the paper: about +50% for RegionCL-M, §5). At 224 px the boxes are the
+paper's 3–5 cells; on smaller grids C_U = min(5, grid − 1), C_L = min(3, C_U):
+
+    python benchmarks/step_cost.py --images bench-data/train.json --regioncl --arch resnet50 \
+        --image-size 224 --batch-size 32
 """
 
 from __future__ import annotations
@@ -55,6 +62,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--patch-size", type=int, default=0,
                     help="ORL patches / UniVIP instances (default: the papers' 96:224 ratio to --image-size, ≥ 32)")
+    ap.add_argument("--regioncl", action="store_true",
+                    help="add mocov2/regioncl-m, simsiam/regioncl-s, densecl/regioncl-d (ratio to the base)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     ap.add_argument("--steps", type=int, default=5)
@@ -77,6 +86,15 @@ def main() -> None:
         methods["orl"] = {"views": args.orl_views, "patch_size": patch}
     if args.univip_views:
         methods["univip"] = {"views": args.univip_views, "instance_size": patch}
+    base_of = {}
+    if args.regioncl:
+        grid = args.image_size // 32
+        cmax = min(5, grid - 1)
+        cells = {"regioncl_cells_min": min(3, cmax), "regioncl_cells_max": cmax}
+        for base, variant in (("mocov2", "regioncl-m"), ("simsiam", "regioncl-s"), ("densecl", "regioncl-d")):
+            methods[base] = {}
+            methods[variant] = cells
+            base_of[variant] = base
     dev = torch.device(args.device)
     amp = Amp(args.precision, args.device)
     built = {}
@@ -98,13 +116,18 @@ def main() -> None:
     base = statistics.median(times["byol"])
     rows = [{"method": m, "step_s": round(statistics.median(t), 4), "ratio_vs_byol": round(statistics.median(t) / base, 3),
              "img_per_s": round(args.batch_size / statistics.median(t), 1)} for m, t in times.items()]
+    for r in rows:
+        if r["method"] in base_of:
+            r["base"] = base_of[r["method"]]
+            r["ratio_vs_base"] = round(statistics.median(times[r["method"]]) / statistics.median(times[r["base"]]), 3)
     record = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
               "args": vars(args), "rows": rows}
-    print(f"| method | step (s) | × BYOL | img/s |  ({args.arch} @ {args.image_size}px, patches/instances {patch}px, "
-          f"batch {args.batch_size}, {args.device}, {args.precision})")
-    print("|---|---|---|---|")
+    print(f"| method | step (s) | × BYOL | img/s | × base |  ({args.arch} @ {args.image_size}px, patches/instances "
+          f"{patch}px, batch {args.batch_size}, {args.device}, {args.precision})")
+    print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['step_s']} | {r['ratio_vs_byol']} | {r['img_per_s']} |")
+        vs = f"{r['ratio_vs_base']} ({r['base']})" if "base" in r else ""
+        print(f"| {r['method']} | {r['step_s']} | {r['ratio_vs_byol']} | {r['img_per_s']} | {vs} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(record, f, indent=2)

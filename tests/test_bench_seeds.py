@@ -41,3 +41,12 @@ def test_seeds_reads_named_summaries(tmp_path):
         files.append(run / "quality-wdauto.json")
     out = subprocess.run([sys.executable, str(SCRIPT), *map(str, files)], capture_output=True, text=True, check=True).stdout
     assert "| random | 20.50 ± 0.71 |" in out and "(Δ +10.00 ± 0.00)" in out
+
+
+def test_seeds_paired_differences_to_a_chosen_base(tmp_path):
+    runs = [write_run(tmp_path / f"s{i}", r, b) for i, (r, b) in enumerate([(10, 13), (12, 14), (14, 18)])]
+    out = subprocess.run([sys.executable, str(SCRIPT), *map(str, runs), "--base", "byol"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "paired difference to 'byol'" in out and "| random | 12.00 ± 2.00 (Δ -3.00 ± 0.58) |" in out
+    r = subprocess.run([sys.executable, str(SCRIPT), *map(str, runs), "--base", "mocov2"], capture_output=True, text=True)
+    assert r.returncode != 0 and "--base 'mocov2' is not a row" in r.stderr

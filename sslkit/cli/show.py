@@ -13,6 +13,11 @@ sslkit.proposals files: boxes_filtered (default), the first --top raw boxes
 (--field boxes), or a coloured label map (--field fh_s1000_c1000, grid_n5, ...).
 
 \b
+sslkit.views files: ORL pairs (an image and one neighbour), UniVIP candidates
+(one sampled scene pair), RegionCL swaps (canvas source, paste source and the
+composite of one image of a frozen step, box outlined).
+
+\b
 Detection results (sslkit detect --save-predictions, detectron2's
 coco_instances_results.json): masks, boxes and scores >= 0.5 (--top K: the K
 best), or the ground truth with --field gt; --images VAL.json names the images.
@@ -29,6 +34,7 @@ Examples:
   sslkit show props.h5 --image 000000000139.jpg --field boxes --top 30 -o raw.png
   sslkit show masks.h5 --grid 16 -o sheet.png
   sslkit show masks.h5 --image 139 --views detcon-b -o views.png
+  sslkit show swaps.h5 --image 0 -o swap.png
   sslkit show runs/det/predictions.json --image 139 -o det.png
 """
 

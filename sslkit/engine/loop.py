@@ -5,7 +5,7 @@ Each of those is an *adapter* that defines a model, a data source (an iterable o
 and its schedules; the loop runs, for each step ``k`` (0-based, counting optimizer steps):
 
 1. ``lr ← lr_at(k)`` on every parameter group (one value for all groups, or one per group; a
-   group marked ``fixed_lr`` keeps the lr it was built with);
+   method's ``fixed_lr`` group keeps that lr, e.g. SimSiam's predictor);
 2. ``forward(batch)`` under autocast → backward (GradScaler with fp16) → optional clipping of the
    global gradient norm → optimizer step (``forward`` returning None skips the step: nothing to learn
    from, e.g. every image of the batch was unreadable);
@@ -61,11 +61,11 @@ def to_device(x, device: torch.device, channels_last: bool = False):
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float | Sequence[float]) -> None:
-    """One lr for every group, or one per group; groups with ``fixed_lr`` set keep theirs."""
+    """One lr for every group, or one per group; a group with a ``fixed_lr`` value (a method's own
+    group, :meth:`~sslkit.methods.base.Method.param_groups`) takes that value instead."""
     lrs = [lr] * len(optimizer.param_groups) if isinstance(lr, (int, float)) else list(lr)
     for group, value in zip(optimizer.param_groups, lrs, strict=True):
-        if not group.get("fixed_lr"):
-            group["lr"] = value
+        group["lr"] = value if group.get("fixed_lr") is None else group["fixed_lr"]
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, amp: Amp, loss: torch.Tensor,

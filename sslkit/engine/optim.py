@@ -6,6 +6,10 @@
   trust ratio (SimCLR and BYOL code; OpenSelfSup ``lars_exclude``). ``lr_placement`` says where the
   learning rate enters (below).
 * ``adamw``: 1-d tensors without weight decay (the usual AdamW practice).
+
+A method may split its parameters into its own groups (``Method.param_groups``); a group marked
+``fixed_lr`` stores the lr it keeps as ``group["fixed_lr"]`` and the engine leaves it there instead
+of applying the schedule (SimSiam's predictor, Chen & He 2021 §4.1 / ``main_simsiam.py --fix-pred-lr``).
 """
 
 from __future__ import annotations
@@ -79,31 +83,56 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def _split_decay(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+def _split_decay(params) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """Trainable parameters split into (weights, 1-d tensors: biases and norm affine parameters)."""
     decay, no_decay = [], []
-    for p in model.parameters():
+    for p in params:
         if not p.requires_grad:
             continue
         (no_decay if p.ndim <= 1 else decay).append(p)
     return decay, no_decay
 
 
+def method_groups(model: nn.Module, fixed_value: float) -> list[dict]:
+    """``[{"params": [...], "fixed_lr": float | None}, ...]``: the model's own groups (``param_groups()``)
+    checked to cover every trainable parameter exactly once, or one group of all of them."""
+    hook = getattr(model, "param_groups", None)
+    groups = hook() if callable(hook) else None
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if groups is None:
+        return [{"params": trainable, "fixed_lr": None}]
+    out = [{"params": [p for p in g["params"] if p.requires_grad],
+            "fixed_lr": fixed_value if g.get("fixed_lr") else None} for g in groups]
+    seen = [id(p) for g in out for p in g["params"]]
+    if len(seen) != len(set(seen)) or set(seen) != {id(p) for p in trainable}:
+        raise ValueError(f"{type(model).__name__}.param_groups() must list every trainable parameter exactly once")
+    return out
+
+
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9,
-                    lars_eta: float = 1e-3, lars_lr_placement: str = "inside") -> torch.optim.Optimizer:
+                    lars_eta: float = 1e-3, lars_lr_placement: str = "inside",
+                    peak_lr: float | None = None) -> torch.optim.Optimizer:
     """The optimizer for ``model``'s trainable parameters (frozen EMA targets are left out).
 
-    ``lr`` is the initial value; the engine sets every group's ``lr`` from the schedule each step.
+    ``lr`` is the initial value; the engine sets every group's ``lr`` from the schedule each step,
+    except groups with a ``fixed_lr`` value (``peak_lr``, or ``lr`` when not given), which keep it.
     ``lars_lr_placement`` (LARS only): see :class:`LARS`.
     """
+    base = method_groups(model, lr if peak_lr is None else peak_lr)
+    for g in base:
+        g["lr"] = g["fixed_lr"] if g["fixed_lr"] is not None else lr
     if name == "sgd":
-        params = [p for p in model.parameters() if p.requires_grad]
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    decay, no_decay = _split_decay(model)
+        return torch.optim.SGD(base, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    groups = []
+    for g in base:
+        decay, no_decay = _split_decay(g["params"])
+        extra = {k: v for k, v in g.items() if k != "params"}
+        groups += [{"params": decay, **extra}, {"params": no_decay, "weight_decay": 0.0, **extra}]
     if name == "lars":
-        return LARS([{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "lars_adapt": False}],
-                    lr=lr, momentum=momentum, weight_decay=weight_decay, eta=lars_eta, lr_placement=lars_lr_placement)
+        for g in groups[1::2]:
+            g["lars_adapt"] = False
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=lars_eta,
+                    lr_placement=lars_lr_placement)
     if name == "adamw":
-        return torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
-                                 lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}")

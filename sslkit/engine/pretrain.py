@@ -133,7 +133,7 @@ def _train(cfg: dict, opts: RunOptions, info: dist.DistInfo) -> dict | None:
     schedule = WarmupCosine(peak, total, round(cfg["warmup_epochs"] * spe), cfg["warmup_start_factor"],
                             cfg["min_lr"])
     optimizer = build_optimizer(model, cfg["optimizer"], schedule(0), cfg["weight_decay"],
-                                cfg["optim_momentum"], cfg["lars_eta"], cfg["lars_lr_placement"])
+                                cfg["optim_momentum"], cfg["lars_eta"], cfg["lars_lr_placement"], peak_lr=peak)
     amp = Amp(cfg["precision"], cfg["device"])
 
     step, elapsed_before, log_state = 0, 0.0, None

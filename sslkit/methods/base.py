@@ -10,6 +10,7 @@ A method is an ``nn.Module`` built from the resolved config. It owns
 * :meth:`on_after_step`, called after every optimizer step (EMA / momentum updates);
 * :meth:`encoders`, ``{name: state_dict prefix}`` of every backbone in ``state_dict()`` that can be
   exported (e.g. BYOL's online and target networks), and ``default_encoder``;
+* optionally :meth:`param_groups`, its own optimizer groups (e.g. SimSiam's fixed-lr predictor);
 * class-level ``DEFAULTS`` (its hyper-parameters, overriding the engine's defaults where they
   differ, e.g. optimizer and lr) with ``HELP`` for its own keys, and :meth:`make_transform`, the
   view pipeline for one decoded image;
@@ -71,6 +72,12 @@ class Method(nn.Module, abc.ABC):
     @abc.abstractmethod
     def encoders(self) -> dict[str, str]:
         """``{encoder name: state_dict key prefix}``, e.g. ``{"online": "backbone."}``."""
+
+    def param_groups(self) -> list[dict] | None:
+        """Optimizer groups ``[{"params": [...]}, {"params": [...], "fixed_lr": True}, …]`` covering every
+        trainable parameter once, or None (the default: the optimizer's own grouping). A group with
+        ``fixed_lr`` keeps the peak lr (the schedule's base value) instead of following the schedule."""
+        return None
 
     def ema_state(self) -> dict | None:
         """The checkpoint's ``ema`` entry: the momentum schedule and which module follows which, or None."""

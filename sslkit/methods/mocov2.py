@@ -38,6 +38,16 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature:
     return loss, acc
 
 
+@torch.no_grad()
+def enqueue(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor) -> None:
+    """Write ``keys`` (all ranks' keys of this step) into the FIFO ``queue`` at ``ptr``, wrapping around
+    the end, and advance ``ptr`` (a 0-d long buffer) in place."""
+    n, size = keys.shape[0], queue.shape[0]
+    idx = (ptr + torch.arange(n, device=keys.device)) % size
+    queue[idx] = keys.to(queue.dtype)
+    ptr.copy_((ptr + n) % size)
+
+
 class MoCoV2(Method):
     name = "mocov2"
     default_encoder = "query"
@@ -114,13 +124,12 @@ class MoCoV2(Method):
         k = F.normalize(self.key_projector(self.key_backbone(x)).float(), dim=1)
         return dist.batch_unshuffle(k, unshuffle) if self.shuffle_bn else k
 
-    @torch.no_grad()
     def _enqueue(self, keys: torch.Tensor) -> None:
-        """Write ``keys`` (all ranks' keys of this step) at the pointer, wrapping around the end."""
-        n, size = keys.shape[0], self.queue.shape[0]
-        idx = (self.queue_ptr + torch.arange(n, device=keys.device)) % size
-        self.queue[idx] = keys.to(self.queue.dtype)
-        self.queue_ptr.copy_((self.queue_ptr + n) % size)
+        enqueue(self.queue, self.queue_ptr, keys)
+
+    def momentum_pairs(self) -> dict[str, str]:
+        """``{key module: query module}`` (attribute names) that the momentum update moves, in order."""
+        return {"key_backbone": "backbone", "key_projector": "projector"}
 
     def forward_train(self, batch) -> dict[str, torch.Tensor]:
         x_q, x_k = batch
@@ -134,10 +143,10 @@ class MoCoV2(Method):
         # MoCo updates the key encoder at the start of the next forward; after the step is the same
         # sequence (the step-0 update is a no-op there because key == query at init)
         self.momentum = ema_momentum(self.ema_schedule, step, total_steps, self.ema_base)
-        ema_update(self.key_backbone, self.backbone, self.momentum)
-        ema_update(self.key_projector, self.projector, self.momentum)
+        for key, query in self.momentum_pairs().items():
+            ema_update(getattr(self, key), getattr(self, query), self.momentum)
         return {"momentum": self.momentum}
 
     def ema_state(self) -> dict:
         return {"momentum": self.momentum, "base_momentum": self.ema_base, "schedule": self.ema_schedule,
-                "pairs": {"key_backbone.": "backbone.", "key_projector.": "projector."}}
+                "pairs": {f"{k}.": f"{q}." for k, q in self.momentum_pairs().items()}}
