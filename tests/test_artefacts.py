@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from sslkit.errors import FormatError, UserError
-from sslkit.io.artefacts import FORMAT_VERSIONS, Artefact, ArtefactWriter, ChunkStage, Record, check_output
+from sslkit.io.artefacts import FORMAT_VERSIONS, Artefact, ArtefactWriter, Record, check_output
 from sslkit.io.checkpoint import (
     load_checkpoint,
     load_detectron2_pkl,
@@ -25,6 +25,7 @@ from sslkit.io.checkpoint import (
     save_detectron2_pkl,
     set_rng_state,
 )
+from sslkit.io.chunks import ChunkStage
 
 
 def _records(n=5, seed=0):
