@@ -24,6 +24,7 @@ import numpy as np
 
 from sslkit.errors import UserError
 from sslkit.io.artefacts import Artefact
+from sslkit.io.coco import annotations_by_image, coco_boxes_xyxy, load_coco
 from sslkit.io.images import ImageSource
 from sslkit.proposals.filters import BoxFilter
 
@@ -81,8 +82,6 @@ class CandidateBoxes:
     @classmethod
     def from_coco(cls, path: str | os.PathLike, filt: BoxFilter) -> CandidateBoxes:
         """The ground-truth boxes of a COCO instances json, through ``filt``."""
-        from sslkit.io.coco import annotations_by_image, load_coco
-
         coco = load_coco(path)
         images = coco["images"]
         hw = np.array([(int(im.get("height") or 0), int(im.get("width") or 0)) for im in images],
@@ -130,8 +129,6 @@ class CandidateBoxes:
 
     def _raw(self, i: int) -> np.ndarray:
         if self._coco is not None:
-            from sslkit.io.coco import coco_boxes_xyxy
-
             images, anns = self._coco
             return coco_boxes_xyxy(anns.get(images[i]["id"], []))
         return self._open().ragged(self.field, i)
