@@ -16,17 +16,8 @@ import torch
 from sslkit._testing import kill_at
 from sslkit.ops.boxes import jitter_box, pixel_box
 from sslkit.ops.knn import knn_search, pair_count, top_pairs
-from tests.conftest import assert_learns, train_on_fixed_batch
+from tests.conftest import assert_learns, one_line_error, train_on_fixed_batch
 from tests.conftest import run_cli as sslkit
-
-
-def one_line_error(capsys, *args) -> str:
-    capsys.readouterr()
-    assert sslkit(*args) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
-
 
 # ----------------------------------------------------------------------------- pure rules
 

@@ -11,6 +11,7 @@ import yaml
 
 from sslkit.config import Key
 from sslkit.views.stage import StageResult, ViewStage
+from tests.conftest import one_line_error
 from tests.conftest import run_cli as sslkit
 
 
@@ -38,14 +39,6 @@ def toy(monkeypatch):
     return _Toy
 
 
-def _error(capsys, *args) -> str:
-    capsys.readouterr()
-    assert sslkit(*args) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
-
-
 def test_a_registered_stage_is_found_by_its_name_or_its_method(toy, photo_dir, tmp_path, capsys):
     for name in ("toy", "toy-method"):
         assert sslkit("sample-views", photo_dir, "-m", name, "-o", tmp_path / "t.h5", "--set", "side=3",
@@ -61,17 +54,17 @@ def test_a_registered_stage_is_found_by_its_name_or_its_method(toy, photo_dir, t
 
 def test_what_the_stage_does_not_have_is_refused(toy, photo_dir, tmp_path, capsys):
     run = ["sample-views", photo_dir, "-o", tmp_path / "x.h5"]
-    assert "--knn does not apply to -m toy" in _error(capsys, *run, "-m", "toy", "--knn", 3)
-    assert "--proposals does not apply to -m toy" in _error(capsys, *run, "-m", "toy", "--proposals", photo_dir)
-    assert "--shard does not apply to -m toy" in _error(capsys, *run, "-m", "toy", "--shard", "0/2")
-    assert "--knn does not apply to -m univip" in _error(capsys, *run, "-m", "univip", "--knn", 3)
-    assert "--merge does not apply to -m univip" in _error(capsys, "sample-views", "-m", "univip", "--merge",
+    assert "--knn does not apply to -m toy" in one_line_error(capsys, *run, "-m", "toy", "--knn", 3)
+    assert "--proposals does not apply to -m toy" in one_line_error(capsys, *run, "-m", "toy", "--proposals", photo_dir)
+    assert "--shard does not apply to -m toy" in one_line_error(capsys, *run, "-m", "toy", "--shard", "0/2")
+    assert "--knn does not apply to -m univip" in one_line_error(capsys, *run, "-m", "univip", "--knn", 3)
+    assert "--merge does not apply to -m univip" in one_line_error(capsys, "sample-views", "-m", "univip", "--merge",
                                                            tmp_path / "a.h5", "-o", tmp_path / "x.h5")
-    err = _error(capsys, *run, "-m", "byol")
+    err = one_line_error(capsys, *run, "-m", "byol")
     assert "--method 'byol' is not one of orl, univip, toy" in err
-    assert "did you mean 'side'" in _error(capsys, *run, "-m", "toy", "--set", "sides=3")
-    assert "side='big' is not a valid int" in _error(capsys, *run, "-m", "toy", "--set", "side=big")
-    assert "--merge takes only shard files and -o (got --knn)" in _error(
+    assert "did you mean 'side'" in one_line_error(capsys, *run, "-m", "toy", "--set", "sides=3")
+    assert "side='big' is not a valid int" in one_line_error(capsys, *run, "-m", "toy", "--set", "side=big")
+    assert "--merge takes only shard files and -o (got --knn)" in one_line_error(
         capsys, "sample-views", "-m", "orl", "--merge", tmp_path / "a.h5", "--knn", 3, "-o", tmp_path / "x.h5")
     assert not toy.calls and not (tmp_path / "x.h5").exists()
 
