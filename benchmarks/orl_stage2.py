@@ -14,7 +14,7 @@ neighbours, B̄ boxes per image after ORL's filter, ≤ 100):
 
 Measurements, each in a child process so that its peak RSS (``wait4``) is its own:
 
-* ``knn``: :func:`sslkit.views.orl.knn_search` on N random L2-normalised d-dim features (no
+* ``knn``: :func:`sslkit.ops.knn.knn_search` on N random L2-normalised d-dim features (no
   images needed) for each ``--knn-sizes`` N; seconds and peak memory (RSS; on CUDA also
   ``max_memory_allocated``); the N² fit extrapolates to 118k;
 * ``e2e``: the real command on the first ``--roi-images`` images of IMAGES (a COCO json or
@@ -64,7 +64,7 @@ def knn_child(n: int, dim: int, k: int, device: str, block_mb: int) -> None:
     import torch
     import torch.nn.functional as F
 
-    from sslkit.views.orl import knn_search
+    from sslkit.ops.knn import knn_search
 
     dev = torch.device(device)
     feats = F.normalize(torch.randn(n, dim, generator=torch.Generator().manual_seed(0)), dim=1).to(dev)
@@ -178,7 +178,7 @@ def _crops(path: Path, chunk: int) -> dict:
     """Crops the RoI phase embedded (unique images per chunk) and the N·(1+K)·B̄ bound of the cost model."""
     import numpy as np
 
-    from sslkit.views.orl import OrlPairs
+    from sslkit.views.orl_pairs import OrlPairs
 
     p = OrlPairs(path)
     nb = np.diff(p.box_offsets)

@@ -55,6 +55,15 @@ def run_cli(*args) -> int:
     return 0
 
 
+def one_line_error(capsys, *args) -> str:
+    """Run ``sslkit ARGS`` expecting a user error: exit 2 and one ``error: …`` line, no traceback."""
+    capsys.readouterr()
+    assert run_cli(*args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
 def free_port() -> int:
     """A free TCP port on the loopback interface (for gloo process groups in tests)."""
     import socket

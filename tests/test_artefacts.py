@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from sslkit.errors import FormatError, UserError
-from sslkit.io.artefacts import FORMAT_VERSIONS, Artefact, ArtefactWriter, ChunkStage, Record, check_output
+from sslkit.io.artefacts import FORMAT_VERSIONS, Artefact, ArtefactWriter, Record, check_output
 from sslkit.io.checkpoint import (
     load_checkpoint,
     load_detectron2_pkl,
@@ -25,6 +25,7 @@ from sslkit.io.checkpoint import (
     save_detectron2_pkl,
     set_rng_state,
 )
+from sslkit.io.chunks import ChunkStage
 
 
 def _records(n=5, seed=0):
@@ -65,6 +66,28 @@ def test_roundtrip_ragged_masks_and_table(tmp_path):
         assert a.attrs["format_version"] == FORMAT_VERSIONS["sslkit.proposals"]
         with pytest.raises(UserError, match="no image"):
             a.index_of("nope.jpg")
+
+
+def test_public_accessors_and_kind_attrs(tmp_path):
+    """What other modules read and write instead of the HDF5 objects: whole fields, map sizes, rows by
+    name, single records, and kind-specific attributes set once a job knows its counts."""
+    recs = _records(4)
+    p = tmp_path / "a.h5"
+    with ArtefactWriter(p, "sslkit.proposals", params={}, ragged={"boxes": ("float32", (4,))}, label_maps=["masks"],
+                        attrs={"views_like": "x"}) as w:
+        w.add_many(recs)
+        w.set_attrs(num_boxes=6)
+        with pytest.raises(ValueError, match="standard attributes"):
+            w.set_attrs(num_images=1)
+    with Artefact(p) as a:
+        assert a.kind_attrs == {"views_like": "x", "num_boxes": 6}
+        np.testing.assert_array_equal(a.ragged_data("boxes"), np.concatenate([r.ragged["boxes"] for r in recs]))
+        assert a.map_sizes("masks").tolist() == [[r.height, r.width] for r in recs]
+        assert a.row("d/f2.jpg") == 2 and a.row("nope.jpg") is None
+        rec = a.record(3)
+        assert (rec.image_id, rec.file_name) == (103, "d/f3.jpg")
+        assert np.array_equal(rec.label_maps["masks"], recs[3].label_maps["masks"])
+        assert [r.file_name for r in a.records(["boxes"], [], rows=[2, 0])] == ["d/f2.jpg", "d/f0.jpg"]
 
 
 def test_reader_validation_one_line(tmp_path):

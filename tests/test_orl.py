@@ -13,18 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from sslkit.views.orl import jitter_box, knn_search, pair_count, pixel_box, top_pairs
-from tests.conftest import assert_learns, train_on_fixed_batch
+from sslkit._testing import kill_at
+from sslkit.ops.boxes import jitter_box, pixel_box
+from sslkit.ops.knn import knn_search, pair_count, top_pairs
+from tests.conftest import assert_learns, one_line_error, train_on_fixed_batch
 from tests.conftest import run_cli as sslkit
-
-
-def one_line_error(capsys, *args) -> str:
-    capsys.readouterr()
-    assert sslkit(*args) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
-
 
 # ----------------------------------------------------------------------------- pure rules
 
@@ -140,7 +133,7 @@ def _fields(path) -> dict[str, np.ndarray]:
 
 
 def test_stage2_pairs_file_follows_the_rules(chain):
-    from sslkit.views.orl import OrlPairs
+    from sslkit.views.orl_pairs import OrlPairs
 
     p = OrlPairs(chain / "pairs.h5")
     assert len(p) == 8 and p.k == 3 and p.attrs["views_kind"] == "orl-pairs"
@@ -169,7 +162,7 @@ def test_stage2_resumes_after_kill_9_to_the_same_file(chain, tmp_path):
     out = tmp_path / "pairs.h5"
     args = ["sample-views", chain / "demo" / "train.json", "-m", "orl", "--proposals", chain / "props.h5",
             "--ckpt", chain / "s1" / "last.pth", "-o", out, *STAGE2]
-    env = {**os.environ, "SSLKIT_TEST_KILL_AFTER_CHUNKS": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **kill_at("commit:orl-pairs", 1), "OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, "-m", "sslkit", *map(str, args)], env=env, capture_output=True, text=True)
     assert p.returncode == -9, p.stderr
     assert not out.exists() and len(list((tmp_path / "pairs.h5.partial" / "pairs").glob("chunk-*.npz"))) == 1
@@ -190,7 +183,7 @@ def test_stage2_shards_merge_to_the_single_run(chain, tmp_path):
     a, b = _fields(tmp_path / "merged.h5"), _fields(chain / "pairs.h5")
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-    from sslkit.views.orl import OrlPairs
+    from sslkit.views.orl_pairs import OrlPairs
 
     with pytest.raises(Exception, match="is shard 0/2"):
         OrlPairs(tmp_path / "part0.h5")
@@ -202,7 +195,7 @@ def test_stage2_accepts_a_backbone_without_projector(chain, tmp_path, capsys):
     out = tmp_path / "pairs.h5"
     assert sslkit("sample-views", chain / "demo" / "train.json", "-m", "orl", "--proposals", chain / "props.h5",
                   "--ckpt", w, "-o", out, *STAGE2) == 0
-    from sslkit.views.orl import OrlPairs
+    from sslkit.views.orl_pairs import OrlPairs
 
     feat = OrlPairs(out).params["checkpoint"]["image_feature"]
     assert feat["kind"] == "backbone_gap" and feat["dim"] == 128 and "no BYOL-style projector" in feat["note"]
@@ -215,7 +208,7 @@ def test_stage2_on_ground_truth_boxes(chain, tmp_path):
     """Table 5(d): COCO's boxes instead of selective search, through the same filter."""
     from sslkit.io.coco import annotations_by_image, coco_boxes_xyxy, load_coco
     from sslkit.proposals.filters import orl_filter
-    from sslkit.views.orl import OrlPairs
+    from sslkit.views.orl_pairs import OrlPairs
 
     images = chain / "demo" / "train.json"
     out = tmp_path / "gt.h5"
@@ -264,7 +257,7 @@ def test_bad_inputs_are_one_line_errors(chain, tmp_path, capsys):
 def test_info_and_show_draw_a_pair_of_images(chain, tmp_path, capsys):
     from PIL import Image
 
-    from sslkit.views.orl import OrlPairs
+    from sslkit.views.orl_pairs import OrlPairs
 
     p = OrlPairs(chain / "pairs.h5")
     q = 0 if p.file_name[0] != EMPTY else 1

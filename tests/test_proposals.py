@@ -6,14 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sslkit.proposals.filters import (
-    box_iou,
-    greedy_suppress,
-    min_size_mask,
-    orl_filter,
-    ratio_mask,
-    xywh_to_xyxy,
-)
+from sslkit.ops.boxes import box_iou, greedy_suppress, xywh_to_xyxy
+from sslkit.proposals.filters import min_size_mask, orl_filter, ratio_mask
 from sslkit.proposals.masks import felzenszwalb, grid_labels, resize_labels, scaled_min_size
 from sslkit.proposals.selective_search import selective_search, to_original_pixels
 from tests.conftest import real_photo
@@ -52,6 +46,63 @@ def test_greedy_suppression_in_given_order():
     assert greedy_suppress(np.array([[0, 0, 10, 10], [0, 0, 10, 20]]), 0.5).tolist() == [0, 1]
     assert greedy_suppress(np.array([a, c, [20, 0, 30, 10]]), 0.5, limit=2).tolist() == [0, 1]
     assert greedy_suppress(np.array([a, b]), None).tolist() == [0, 1]
+
+
+def _numpy_greedy(boxes, max_iou, limit=None):
+    """The hand-written float64 loop sslkit used before torchvision's NMS: the reference it must equal."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    kept = []
+    for i in range(len(b)):
+        if kept:
+            kb = b[kept]
+            iw = np.minimum(kb[:, 2], b[i, 2]) - np.maximum(kb[:, 0], b[i, 0])
+            ih = np.minimum(kb[:, 3], b[i, 3]) - np.maximum(kb[:, 1], b[i, 1])
+            inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+            union = area[kept] + area[i] - inter
+            with np.errstate(divide="ignore", invalid="ignore"):
+                if np.where(union > 0, inter / union, 0.0).max() > max_iou:
+                    continue
+        kept.append(i)
+        if limit and len(kept) >= limit:
+            break
+    return kept
+
+
+def _numpy_iou(a, b):
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    union = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]))[:, None] + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+def test_torchvision_kernels_equal_the_float64_loop_on_real_proposals_and_ties():
+    """box_iou / greedy_suppress are torchvision's kernels in float64: bit-identical to the hand-written
+    float64 code they replace, on real selective-search boxes (fractional after mapping back to the
+    original image) and on boxes exactly at the threshold, where float32 would decide otherwise."""
+    import torch
+    import torchvision
+
+    for name in ("astronaut", "coffee", "chelsea"):
+        img = real_photo(name, 96)
+        boxes = to_original_pixels(selective_search(img), img.shape[:2], (331, 497))
+        assert not np.all(boxes == np.round(boxes))  # fractional coordinates
+        np.testing.assert_array_equal(box_iou(boxes, boxes[:50]), _numpy_iou(boxes, boxes[:50]))
+        for thr in (0.3, 0.5, 0.7):
+            for limit in (None, 100, 7):
+                assert greedy_suppress(boxes, thr, limit).tolist() == _numpy_greedy(boxes, thr, limit), (name, thr)
+    # IoU(a, c) = 1/3 exactly: kept at max_iou 1/3 in float64; float32 NMS rounds it above and drops c
+    ties = np.array([[0, 0, 10, 10], [0, 0, 10, 20], [0, 0, 10, 30], [0, 0, 30, 10]], np.float32)
+    for thr in (0.5, 1 / 3):
+        assert greedy_suppress(ties, thr).tolist() == _numpy_greedy(ties, thr)
+    assert greedy_suppress(ties, 1 / 3).tolist() == [0, 2, 3]
+    assert torchvision.ops.nms(torch.tensor(ties), -torch.arange(4.0), 1 / 3).tolist() == [0]
+    degenerate = np.array([[3, 3, 3, 8], [3, 3, 3, 8], [0, 0, 10, 10]], np.float32)  # empty unions: IoU 0
+    np.testing.assert_array_equal(box_iou(degenerate, degenerate), _numpy_iou(degenerate, degenerate))
+    assert greedy_suppress(degenerate, 0.0).tolist() == _numpy_greedy(degenerate, 0.0) == [0, 1, 2]
 
 
 def test_orl_filter_hand_computed():

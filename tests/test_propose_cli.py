@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sslkit._testing import kill_at
 from sslkit.io.artefacts import Artefact, ArtefactWriter
-from sslkit.proposals.driver import KILL_AFTER_ENV
 from sslkit.proposals.masks import felzenszwalb, resize_labels
 from tests.conftest import real_photo
 
@@ -140,7 +140,7 @@ def test_kill_and_resume_equals_uninterrupted(ss_run, images, tmp_path):
     exe = Path(sys.executable).with_name("sslkit")
     cmd = ([str(exe)] if exe.exists() else [sys.executable, "-m", "sslkit"]) + [
         "propose", str(images), "-o", str(out), "--workers", "2", "--chunk-size", "2", "-q"]
-    killed = subprocess.run(cmd, env={**os.environ, KILL_AFTER_ENV: "1"}, capture_output=True, text=True)
+    killed = subprocess.run(cmd, env={**os.environ, **kill_at("commit:propose", 1)}, capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr
     stage = tmp_path / "props.h5.partial"
     assert not out.exists() and len(list(stage.glob("chunk-*.npz"))) == 1

@@ -15,8 +15,10 @@ from sslkit.engine import config as C
 from sslkit.errors import UserError
 from sslkit.methods import METHODS
 from sslkit.methods.univip import instance_loss, normalize_marginal, ot_marginals, sinkhorn_log
-from sslkit.proposals.filters import box_iou, orl_filter
-from sslkit.views.univip import PairSampler, UniVIPViews, crop_resize
+from sslkit.ops.boxes import box_iou
+from sslkit.proposals.filters import orl_filter
+from sslkit.transforms import crop_resize
+from sslkit.views.univip import PairSampler, UniVIPViews
 from tests.conftest import assert_learns, train_on_fixed_batch
 from tests.conftest import run_cli as sslkit
 
@@ -374,7 +376,7 @@ def test_candidates_from_proposals_and_from_coco_gt(scenes, tmp_path):
     from sslkit.io.artefacts import Artefact
     from sslkit.io.coco import annotations_by_image, coco_boxes_xyxy, load_coco
     from sslkit.io.images import ImageSource
-    from sslkit.views.univip import build_candidates
+    from sslkit.views.univip_stage import build_candidates
 
     source = ImageSource.from_arg(scenes / "demo" / "train.json")
     kw = dict(min_size=24.0, max_ratio=3.0, max_iou=0.5, top_n=10, overwrite=False, quiet=True)
@@ -448,7 +450,7 @@ def test_trains_from_the_cli_on_raw_selective_search_and_exports(scenes, tmp_pat
     assert "projector.0.weight" in ck["model"] and "target_projector.0.weight" in ck["model"]  # ORL stage 2
     assert "f_linear.weight" in ck["model"]
     assert sslkit("export", out / "last.pth", "-o", tmp_path / "w.pth") == 0
-    from sslkit.methods.orl import checkpoint_heads
+    from sslkit.models.pretrained import checkpoint_heads
 
     _, meta, projector, predictor = checkpoint_heads(out / "last.pth")  # what ORL's stage 2 reads
     assert meta["encoder"] == "online" and projector is not None and predictor is not None
@@ -458,7 +460,7 @@ def test_trains_from_the_cli_on_raw_selective_search_and_exports(scenes, tmp_pat
 def test_two_rank_run_on_a_candidates_file(scenes, tmp_path, capfd):
     """`--procs 2` (gloo): each rank samples its half of the batch; finite losses, one checkpoint."""
     from sslkit.io.images import ImageSource
-    from sslkit.views.univip import build_candidates
+    from sslkit.views.univip_stage import build_candidates
 
     cands = tmp_path / "c.h5"
     build_candidates(ImageSource.from_arg(scenes / "demo" / "train.json"), cands, proposals=scenes / "props.h5",
@@ -475,7 +477,7 @@ def test_two_rank_run_on_a_candidates_file(scenes, tmp_path, capfd):
 def test_show_renders_the_sampled_views(scenes, tmp_path):
     from sslkit.io.artefacts import Artefact
     from sslkit.io.images import ImageSource, load_rgb
-    from sslkit.views.univip import build_candidates
+    from sslkit.views.univip_stage import build_candidates
     from sslkit.viz import ShowOptions
     from sslkit.viz.univip import render
 

@@ -38,8 +38,7 @@ def describe_h5(path: Path) -> dict:
             "command": a.command, "num_images": len(a), "params": a.params,
             "skipped": [{"file_name": f, "reason": r} for f, r in a.skipped],
         }
-        extra = {k: v for k, v in attrs.items() if k not in {
-            "format", "format_version", "sslkit_version", "created", "command", "params", "complete", "num_images"}}
+        extra = a.kind_attrs
         if extra:
             d["attrs"] = extra
         if len(a):
@@ -49,7 +48,7 @@ def describe_h5(path: Path) -> dict:
             dt, trail = a.field_spec(name)
             d["fields"][name] = {"dtype": dt, "row_shape": list(trail), "per_image": _stats(a.counts(name))}
         for name in a.map_names:
-            hw = a._f[name]["hw"][:]
+            hw = a.map_sizes(name)
             d["fields"][name] = {"dtype": "uint16 label map",
                                  "stored_size": {"height": _stats(hw[:, 0]), "width": _stats(hw[:, 1])}}
     return d

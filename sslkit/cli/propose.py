@@ -58,6 +58,7 @@ def build_algo(algo: str, given: dict, coco_path: Path | None = None):
     """
     from sslkit.errors import UserError
     from sslkit.proposals import algorithms as A
+    from sslkit.proposals.filters import ORL_DEFAULTS
 
     def flag(k):
         return _FLAG.get(k, "--" + k.replace("_", "-"))
@@ -71,9 +72,7 @@ def build_algo(algo: str, given: dict, coco_path: Path | None = None):
     if "max_side" in g and g["max_side"] < 0:
         raise UserError("--max-side must be >= 0 (0 = full resolution)")
     if algo == "selective-search":
-        f = A.BoxFilter(**{k: g[k] for k in ("min_size", "max_ratio", "max_iou", "top_n", "fallback") if k in g})
-        if f.min_size < 0 or f.max_ratio < 0 or f.top_n < 0 or not 0 <= f.max_iou <= 1:
-            raise UserError("filter values: --min-size, --max-ratio, --top-n >= 0 and 0 <= --max-iou <= 1")
+        f = A.BoxFilter.from_settings({**ORL_DEFAULTS, **g}, g.get("fallback", True))
         if g.get("max_boxes", 0) < 0:
             raise UserError("--max-boxes must be >= 0 (0 = all)")
         return A.SelectiveSearch(filter=f, **{k: g[k] for k in ("mode", "max_side", "max_boxes", "seed") if k in g})
@@ -149,9 +148,10 @@ def register(app: typer.Typer) -> None:
             given = [_FLAG.get(k, "--" + k.replace("_", "-")) for k, v in algo_opts.items() if v is not None]
             if shard or image_root or given:
                 raise UserError(f"--merge takes only shard files and -o (got {', '.join(given or ['--shard/--image-root'])})")
-            summary = driver.merge_shards(inputs, output, overwrite=overwrite, quiet=quiet)
+            summary = driver.merge_propose_shards(inputs, output, overwrite=overwrite, quiet=quiet)
         else:
             from sslkit.io.images import ImageSource
+            from sslkit.io.shards import parse_shard
 
             if len(inputs) != 1:
                 raise UserError(f"expected one IMAGES folder or json, got {len(inputs)} paths",
@@ -167,7 +167,7 @@ def register(app: typer.Typer) -> None:
             source = ImageSource.from_arg(inputs[0], image_root)
             a = build_algo(algo, algo_opts, source.coco_path)
             summary = driver.run_propose(
-                source, a, output, shard=driver.parse_shard(shard) if shard else None,
+                source, a, output, shard=parse_shard(shard) if shard else None,
                 workers=workers or driver.default_workers(), chunk_size=chunk_size, overwrite=overwrite, quiet=quiet)
         for fn, why in summary.skipped[:10]:
             warn(f"skipped {fn}: {why}")

@@ -193,6 +193,13 @@ class ImageSource:
             d["coco"] = str(self.coco_path)
         return d
 
+    def location(self) -> dict:
+        """:meth:`describe` with absolute paths: recorded in artefacts, so ``sslkit show`` finds the images."""
+        d = {**self.describe(), "root": str(Path(self.root).resolve())}
+        if self.coco_path is not None:
+            d["coco"] = str(Path(self.coco_path).resolve())
+        return d
+
     @classmethod
     def from_folder(cls, folder: str | os.PathLike) -> ImageSource:
         root = Path(folder)

@@ -23,7 +23,6 @@ does not exist): that is how the Table 5(a) ablations run.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -31,50 +30,8 @@ import torch
 from sslkit.errors import UserError
 from sslkit.methods.byol import BYOL, byol_loss
 from sslkit.models.heads import byol_mlp
-
-#: key set of a BYOL-layout MLP head (Linear → BN → ReLU → Linear without bias): sslkit.models.heads.byol_mlp
-BYOL_HEAD_KEYS = frozenset({"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var",
-                            "1.num_batches_tracked", "3.weight"})
-
-
-def byol_head_state(model: dict[str, torch.Tensor], prefix: str, in_dim: int) -> dict[str, torch.Tensor] | None:
-    """The tensors under ``prefix`` of a state_dict if they form a BYOL-layout MLP taking ``in_dim``
-    inputs, else None (MoCo's and SimCLR's projectors have other layouts)."""
-    sd = {k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}
-    if set(sd) != BYOL_HEAD_KEYS:
-        return None
-    hidden = sd["0.weight"].shape[0]
-    if sd["0.weight"].shape[1] != in_dim or sd["1.weight"].shape != (hidden,) or sd["3.weight"].shape[1] != hidden:
-        return None
-    return sd
-
-
-def checkpoint_heads(path: str | os.PathLike, encoder: str | None = None, arch: str | None = None):
-    """What an image-level stage-1 model contributes to ORL: ``(backbone state_dict, its metadata,
-    projector state or None, predictor state or None)``.
-
-    ``path`` is any weights file :func:`sslkit.models.convert.backbone_state_dict` reads (an sslkit
-    checkpoint of any method, an exported backbone). For a checkpoint, the heads that go with the
-    chosen encoder are found by name (``backbone.`` → ``projector.``/``predictor.``,
-    ``target_backbone.`` → ``target_projector.``) and kept only if they have BYOL's layout.
-    """
-    from sslkit.io.checkpoint import load_checkpoint
-    from sslkit.models.backbones import build_backbone
-    from sslkit.models.convert import backbone_state_dict
-
-    sd, meta = backbone_state_dict(path, encoder=encoder, arch=arch)
-    projector = predictor = None
-    if meta["kind"] == "checkpoint":
-        ck = load_checkpoint(path)
-        prefix = ck["encoders"][meta["encoder"]]
-        if prefix.endswith("backbone."):
-            head = prefix[: -len("backbone.")]
-            with torch.device("meta"):
-                feat_dim = build_backbone(meta["arch"]).feat_dim
-            projector = byol_head_state(ck["model"], head + "projector.", feat_dim)
-            if projector is not None and head == "":
-                predictor = byol_head_state(ck["model"], "predictor.", projector["3.weight"].shape[0])
-    return sd, meta, projector, predictor
+from sslkit.models.pretrained import checkpoint_heads
+from sslkit.views.orl_stage2 import OrlPairsStage
 
 
 def _check_head_sizes(cfg: dict, path, projector, predictor) -> None:
@@ -101,6 +58,7 @@ class ORL(BYOL):
         "pair_ratio_used": 0.0,  # Table 5(b) "# of RoI pairs": the first max(1, int(r·B_q)) of each slot (0: all)
         "init_from": "",  # [C] pretrained=None: stage 3 starts from random weights
     }
+    view_stage = OrlPairsStage  # stage 2: the kNN RoI pairs (sslkit sample-views -m orl)
     HELP = {
         **BYOL.HELP,
         "views": "orl-pairs file from `sslkit sample-views --method orl` (or --views)",
@@ -136,7 +94,8 @@ class ORL(BYOL):
 
     @classmethod
     def make_dataset(cls, cfg: dict, source):
-        from sslkit.views.orl import ORLDataset, OrlPairs
+        from sslkit.views.orl import ORLDataset
+        from sslkit.views.orl_pairs import OrlPairs
 
         return ORLDataset(source, OrlPairs(cfg["views"]), cls.make_transform(cfg), cfg["seed"],
                           k_used=cfg["knn_k_used"], pair_ratio_used=cfg["pair_ratio_used"], branches=cls.branches(cfg))
@@ -155,7 +114,7 @@ class ORL(BYOL):
             raise UserError(f"patch_size {cfg['patch_size']} is too small for a ResNet (minimum 32)")
         if cfg["knn_k_used"] < 0:
             raise UserError(f"knn_k_used must be >= 0 (got {cfg['knn_k_used']})")
-        from sslkit.views.orl import OrlPairs
+        from sslkit.views.orl_pairs import OrlPairs
 
         pairs = OrlPairs(cfg["views"])
         if cfg["knn_k_used"] > pairs.k:

@@ -28,6 +28,7 @@ from torch import nn
 from sslkit.methods.byol import BYOL, byol_loss
 from sslkit.methods.numerics import fp32_loss
 from sslkit.proposals.filters import ORL_DEFAULTS
+from sslkit.views.univip_stage import UniVIPCandidatesStage
 
 #: spec §2.4 / §6.10 [OTA, I]: Sinkhorn entropic regulariser and iterations
 OT_EPS = 0.1
@@ -147,6 +148,7 @@ class UniVIP(BYOL):
         "ot_iters": OT_ITERS,
         "ot_marginals": "raw",  # Eq. 9–10 as printed [P]; the digest's normalised variant is [I]
     }
+    view_stage = UniVIPCandidatesStage  # the candidate boxes, once per dataset (sslkit sample-views -m univip)
     HELP = {
         **BYOL.HELP,
         "views": "candidate boxes: a univip-candidates file (sslkit sample-views --method univip) or a "
@@ -205,14 +207,15 @@ class UniVIP(BYOL):
 
     @classmethod
     def make_dataset(cls, cfg: dict, source):
-        from sslkit.proposals.algorithms import BoxFilter
-        from sslkit.views.univip import CandidateStore, UniVIPDataset
+        from sslkit.proposals.filters import BoxFilter
+        from sslkit.views.candidates import CandidateBoxes
+        from sslkit.views.univip import UniVIPDataset
 
         store = None
         if cls.needs_candidates(cfg):
             filt = BoxFilter(cfg["filter_min_size"], cfg["filter_max_ratio"], cfg["filter_max_iou"],
                              cfg["filter_top_n"], fallback=False)
-            store = CandidateStore(cfg["views"], cfg["candidate_field"], filt)
+            store = CandidateBoxes.open(cfg["views"], filt, field=cfg["candidate_field"], accept_views=True)
         return UniVIPDataset(source, store, cls.make_transform(cfg), cfg["seed"])
 
     @classmethod

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from sslkit.io.artefacts import Record
-from sslkit.proposals.filters import ORL_DEFAULTS, orl_filter
+from sslkit.proposals.filters import BoxFilter
 from sslkit.proposals.masks import (
     FH_DEFAULT_MAX_SIDE,
     FH_DEFAULT_MIN_SIZE,
@@ -35,21 +35,6 @@ ALGOS = ("selective-search", "felzenszwalb", "grid", "coco-gt")
 SS_DEFAULT_MAX_SIDE = 512
 
 BOX_FIELDS = {"boxes": ("float32", (4,)), "boxes_filtered": ("float32", (4,))}
-
-
-@dataclass(frozen=True)
-class BoxFilter:
-    """ORL's candidate filter (orl.md §2.3 (iv)); 0 disables min_size/max_ratio/top_n, max_iou 1 disables IoU."""
-
-    min_size: float = ORL_DEFAULTS["min_size"]
-    max_ratio: float = ORL_DEFAULTS["max_ratio"]
-    max_iou: float = ORL_DEFAULTS["max_iou"]
-    top_n: int = ORL_DEFAULTS["top_n"]
-    fallback: bool = True
-
-    def apply(self, boxes: np.ndarray) -> np.ndarray:
-        return orl_filter(boxes, self.min_size or None, self.max_ratio or None,
-                          self.max_iou if self.max_iou < 1 else None, self.top_n or None, self.fallback)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import ctypes.util
 
 import numpy as np
 
-from sslkit.proposals.filters import xywh_to_xyxy
+from sslkit.ops.boxes import xywh_to_xyxy
 
 MODES = ("fast", "quality")
 

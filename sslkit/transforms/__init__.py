@@ -8,6 +8,7 @@ from sslkit.transforms.pipelines import (
     ViewAug,
     build_view,
     byol_views,
+    crop_resize,
     mocov2_views,
     parse_view_aug,
     scale_blur,
@@ -18,7 +19,7 @@ from sslkit.transforms.pipelines import (
 )
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "GaussianBlur", "MultiView", "ViewAug", "build_view", "byol_views",
+    "IMAGENET_MEAN", "IMAGENET_STD", "GaussianBlur", "MultiView", "ViewAug", "build_view", "byol_views", "crop_resize",
     "mocov2_views", "parse_view_aug", "scale_blur", "separable_gaussian_blur", "simclr_views", "to_image",
     "tune_views",
 ]

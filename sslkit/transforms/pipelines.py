@@ -233,13 +233,17 @@ def simclr_views(size: int) -> tuple[ViewAug, ViewAug]:
     return v, v
 
 
-def build_view(aug: ViewAug) -> v2.Compose:
-    """The v2 pipeline for one view: crop, flip, colour jitter, grayscale, blur, solarize, normalise."""
-    steps: list[Callable] = [
-        v2.RandomResizedCrop(aug.size, scale=aug.crop_scale, ratio=aug.crop_ratio,
-                             interpolation=_INTERPOLATION[aug.interpolation], antialias=True),
-        v2.RandomHorizontalFlip(p=aug.flip_p),
-    ]
+def build_view(aug: ViewAug, crop: bool = True) -> v2.Compose:
+    """The v2 pipeline for one view: crop, flip, colour jitter, grayscale, blur, solarize, normalise.
+
+    ``crop=False`` leaves out the RandomResizedCrop, for a region already cut out and resized to the
+    view size (:func:`crop_resize`): ORL's RoI patches and UniVIP's scenes and instances, where "the
+    crop is the box" (ORL §3.2, UniVIP §4 "Image augmentations")."""
+    steps: list[Callable] = []
+    if crop:
+        steps.append(v2.RandomResizedCrop(aug.size, scale=aug.crop_scale, ratio=aug.crop_ratio,
+                                          interpolation=_INTERPOLATION[aug.interpolation], antialias=True))
+    steps.append(v2.RandomHorizontalFlip(p=aug.flip_p))
     if aug.jitter_p > 0:
         steps.append(v2.RandomApply([v2.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue)],
                                     p=aug.jitter_p))
@@ -253,6 +257,14 @@ def build_view(aug: ViewAug) -> v2.Compose:
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=aug.mean, std=aug.std),
               v2.ToPureTensor()]
     return v2.Compose(steps)
+
+
+def crop_resize(image: Image.Image, box, size: int) -> Image.Image:
+    """``box`` (xyxy, fractional allowed) of a PIL image resized to ``size × size``: bilinear, aspect
+    not kept (ORL's RoI patches [C], UniVIP spec §6.20). PIL resamples from the whole image, so
+    pixels just outside the box weigh in at its edges (why this is not torchvision's
+    ``resized_crop``: docs/design.md, "Library kernels, where they are exact")."""
+    return image.resize((size, size), Image.Resampling.BILINEAR, box=tuple(float(v) for v in box))
 
 
 class MultiView:

@@ -1,4 +1,5 @@
-"""View samplers of the object-level methods: what two views of an image show, and which regions they share."""
+"""View samplers of the object-level methods: what two views of an image show, and which regions they
+share; and the offline view stages (:mod:`sslkit.views.stage`) that compute them once per dataset."""
 
 
 def check_box_source(kind: str | None, proposals, coco) -> str:

@@ -188,7 +188,6 @@ class RegionCLSwapStage(ViewStage):
         from sslkit.errors import UserError
         from sslkit.io.artefacts import ArtefactWriter, check_output
         from sslkit.io.images import ImageDecodeError, load_rgb
-        from sslkit.proposals.driver import source_params
         from sslkit.transforms import MultiView, mocov2_views, tune_views
 
         t0 = time.perf_counter()
@@ -212,7 +211,7 @@ class RegionCLSwapStage(ViewStage):
 
         params = {"views_kind": VIEWS_KIND, **s, "stride": STRIDE, "grid": grid, "partner": "B-1-i",
                   "query_view": "MoCo v2 view 1 (denormalised uint8)", "box_frame": "query-view pixels",
-                  "source": source_params(source)}
+                  "source": source.location()}
         attrs = {"views_kind": VIEWS_KIND, "image_size": size, "stride": STRIDE, "grid": grid, "batch_size": b,
                  "regioncl_cells_min": s["regioncl_cells_min"], "regioncl_cells_max": s["regioncl_cells_max"],
                  "regioncl_origin": s["regioncl_origin"], "seed": s["seed"]}

@@ -8,9 +8,14 @@ finds every stage through the method registry (no second registry): ``-m`` takes
 
 A stage declares its settings as a typed spec (``SETTINGS``, resolved by :func:`sslkit.config.resolve`
 like every other stage's), which inputs it reads (``INPUTS``: ``proposals``/``coco`` boxes), and
-implements :meth:`ViewStage.run`; a stage that can be split across machines also implements
-:meth:`ViewStage.merge` (``--shard i/n`` / ``--merge``). It writes one ``sslkit.views`` artefact
-whose ``views_kind`` is ``VIEWS_KIND``.
+implements :meth:`ViewStage.run`; a stage that can be split across machines (``SHARDABLE``) takes
+its part from ``StageInputs.shard`` and implements :meth:`ViewStage.merge` (``--shard i/n`` /
+``--merge``). It writes one ``sslkit.views`` artefact whose ``views_kind`` is ``VIEWS_KIND``.
+
+``sample-views`` derives everything else from these declarations: its flags map onto the
+settings of the same name (``--pair-ratio`` → ``pair_ratio``; any setting also as ``--set
+KEY=VALUE``), a flag the chosen stage has no setting or input for is refused, and ``--help``
+lists every stage's ``SUMMARY``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from sslkit.config import Key
+from sslkit.errors import UserError
 
 
 @dataclass
@@ -36,11 +42,13 @@ class StageResult:
 
 @dataclass(frozen=True)
 class StageInputs:
-    """The files a stage may read besides the images (each None unless given)."""
+    """What a stage reads besides the images and its settings (each None unless given): the box
+    files, and for a ``SHARDABLE`` stage the part of the job to compute."""
 
     proposals: Path | None = None  # an sslkit.proposals artefact (boxes or label maps)
     coco: Path | None = None  # a COCO instances json (ground-truth boxes)
     source_kind: str | None = None  # "proposals" or "gt" (--source)
+    shard: tuple[int, int] | None = None  # (i, n): part i of n (--shard i/n)
 
 
 class ViewStage(abc.ABC):
@@ -67,6 +75,4 @@ class ViewStage(abc.ABC):
     @classmethod
     def merge(cls, shards: list[Path], output: Path, *, overwrite: bool, quiet: bool) -> StageResult:
         """Join the shard files of one ``--shard i/n`` job into ``output``."""
-        from sslkit.errors import UserError
-
         raise UserError(f"sample-views -m {cls.name} makes no shards to merge")

@@ -1,14 +1,10 @@
-"""UniVIP's views: candidate instances per image, and the online scene-pair / instance sampler
-(univip.txt §3.2–3.3, §4 "Image augmentations"; spec univip.md §2.1–2.2).
+"""UniVIP's training views: the online scene-pair / instance sampler (univip.txt §3.2–3.3, §4
+"Image augmentations"; spec univip.md §2.2).
 
-Two parts:
-
-* :func:`build_candidates` (``sslkit sample-views --method univip``) makes the per-image candidate
-  instance set once per dataset: selective-search boxes through ORL's filter (min side 96, aspect
-  ≤ 3, greedy IoU ≤ 0.5 in SS order, first 100 [ORL]) *without* ORL's ``boxes[0]`` fallback, so an
-  image may have no candidate (spec §2.1 [I]); or COCO ground-truth boxes for the Table 8(b)
-  ablation. Written as an ``sslkit.views`` artefact with ``views_kind = "univip-candidates"``.
-* :class:`PairSampler` / :class:`UniVIPViews` run in the data loader for every image at every
+The per-image candidate instances are made once per dataset by the view stage
+(:mod:`sslkit.views.univip_stage`, ``sslkit sample-views -m univip``) or read straight from a
+proposals file, both through :class:`~sslkit.views.candidates.CandidateBoxes`.
+:class:`PairSampler` / :class:`UniVIPViews` run in the data loader for every image at every
   iteration (spec §2.2 [I]: no precomputed pairs): two scene crops whose overlap contains K
   candidates, K instance boxes (naive boxes when fewer candidates fit, §3.2 [P]), the scenes at
   224 px through BYOL's two pipelines and the instances, cropped from the original image at
@@ -22,23 +18,17 @@ engine seeds per sample from ``(seed, epoch, index)``.
 from __future__ import annotations
 
 import math
-import os
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from sslkit.errors import UserError
 from sslkit.io.images import ImageSource
-from sslkit.proposals.algorithms import BoxFilter
-from sslkit.proposals.filters import box_iou
-from sslkit.views import check_box_source
+from sslkit.ops.boxes import box_iou
+from sslkit.transforms import build_view, byol_views, crop_resize, tune_views
+from sslkit.views.candidates import CandidateBoxes
 from sslkit.views.dataset import ImageDataset
-
-FORMAT = "sslkit.views"
-VIEWS_KIND = "univip-candidates"
 
 #: §3.2 [P]: "the naive strategy includes setting the minimum scale to 64 pixels, the range of aspect
 #: ratio is between 1/3 and 3/1, and the maximum IoU threshold is 0.5"
@@ -51,200 +41,6 @@ NAIVE_TRIES = 100
 #: BYOL's RandomResizedCrop parameters (ORL configs; spec §2.2)
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
-
-
-# ---------------------------------------------------------------------------------------- candidates
-
-
-def _candidate_filter(min_size: float, max_ratio: float, max_iou: float, top_n: int) -> BoxFilter:
-    if min_size < 0 or max_ratio < 0 or top_n < 0 or not 0 <= max_iou <= 1:
-        raise UserError("candidate filter: need --min-size, --max-ratio, --top-n >= 0 and 0 <= --max-iou <= 1")
-    return BoxFilter(min_size=float(min_size), max_ratio=float(max_ratio), max_iou=float(max_iou),
-                     top_n=int(top_n), fallback=False)
-
-
-def _stats(counts: list[int]) -> dict:
-    c = np.asarray(counts, np.int64)
-    if not len(c):
-        return {"total": 0, "min": 0, "mean": 0.0, "median": 0.0, "max": 0}
-    return {"total": int(c.sum()), "min": int(c.min()), "mean": round(float(c.mean()), 3),
-            "median": float(np.median(c)), "max": int(c.max())}
-
-
-def build_candidates(source: ImageSource, out: Path, *, proposals: Path | None, coco: Path | None,
-                     source_kind: str, min_size: float, max_ratio: float, max_iou: float, top_n: int,
-                     overwrite: bool, quiet: bool) -> dict:
-    """Write UniVIP's per-image candidate instances for the images of ``source`` to ``out``.
-
-    ``source_kind="proposals"``: the raw selective-search ``boxes`` of an ``sslkit.proposals`` artefact
-    (joined by file name) through ORL's filter with the given thresholds, in SS order, with no
-    fallback (spec §2.1). ``source_kind="gt"``: the non-crowd boxes of a COCO json (joined by file
-    name), in annotation order, through the same filter (Table 8(b) "ground truth"; [I]: the same
-    thresholds keep the ablation about the source of the boxes only; pass 0/0/1/0 to keep them all).
-    ``min_size``/``max_ratio``/``top_n`` 0 and ``max_iou`` 1 switch that step off.
-
-    Atomic (temporary file + rename). Returns a summary (counts, thresholds, time).
-    """
-    from sslkit.console import progress
-    from sslkit.io.artefacts import Artefact, ArtefactWriter, Record, check_output
-    from sslkit.proposals.driver import source_params
-
-    t0 = time.perf_counter()
-    source_kind = check_box_source(source_kind, proposals, coco)
-    filt = _candidate_filter(min_size, max_ratio, max_iou, top_n)
-    out = Path(out)
-    check_output(out, FORMAT, overwrite)
-    thresholds = {"min_size": filt.min_size, "max_ratio": filt.max_ratio, "max_iou": filt.max_iou,
-                  "top_n": filt.top_n, "fallback": False}
-    params = {"views_kind": VIEWS_KIND, "source_kind": source_kind, "filter": thresholds,
-              "source": source_params(source), "box_format": "xyxy",
-              "box_frame": "original image pixels (upright, EXIF applied)"}
-    attrs = {"views_kind": VIEWS_KIND, "source_kind": source_kind, **{k: v for k, v in thresholds.items()
-                                                                      if k != "fallback"}}
-    counts: list[int] = []
-    skipped: list[tuple[str, str]] = []
-    wanted = {r.file_name: r for r in source}
-    if len(wanted) != len(source):
-        raise UserError("the image list names some files twice", source.coco_path or source.root)
-
-    def write(writer, rec, height: int, width: int, boxes: np.ndarray) -> None:
-        kept = boxes[filt.apply(boxes)]
-        writer.add(Record(rec.image_id, rec.file_name, int(height), int(width), {"boxes": kept}))
-        counts.append(len(kept))
-
-    if source_kind == "proposals":
-        with Artefact(proposals, "sslkit.proposals") as art:
-            if "boxes" not in art.ragged_names:
-                raise UserError("has no selective-search boxes (it holds label maps)", proposals,
-                                "make boxes with: sslkit propose IMAGES -o props.h5")
-            have = set(art.file_name)
-            props_skipped = dict(art.skipped)
-            missing = [n for n in wanted if n not in have and n not in props_skipped]
-            if missing:
-                raise UserError(f"has no proposals for {len(missing)} of the {len(source)} images "
-                                f"(e.g. {missing[0]})", proposals,
-                                "run sslkit propose on the same images (folder or COCO json)")
-            params["proposals"] = {"path": str(Path(proposals).resolve()), "params": art.params}
-            with ArtefactWriter(out, FORMAT, params=params, ragged={"boxes": ("float32", (4,))}, attrs=attrs) as writer, \
-                    progress(quiet) as bar:
-                task = bar.add_task("candidates", total=len(have & wanted.keys()))
-                for i, raw in art.iter_ragged("boxes"):
-                    rec = wanted.get(art.file_name[i])
-                    if rec is None:
-                        continue
-                    write(writer, rec, art.height[i], art.width[i], raw)
-                    bar.advance(task)
-                for name in wanted:
-                    if name in props_skipped and name not in have:
-                        writer.add_skipped(name, props_skipped[name])
-                        skipped.append((name, props_skipped[name]))
-    else:
-        from sslkit.io.coco import annotations_by_image, coco_boxes_xyxy, load_coco
-        from sslkit.io.images import ImageDecodeError, read_image_size
-
-        data = load_coco(coco)
-        by_name = {im["file_name"]: im for im in data["images"]}
-        anns = annotations_by_image(data)
-        missing = [n for n in wanted if n not in by_name]
-        if missing:
-            raise UserError(f"has no entry for {len(missing)} of the {len(source)} images (e.g. {missing[0]})",
-                            coco, "pass the COCO json of the same images")
-        params["coco"] = str(Path(coco).resolve())
-        with ArtefactWriter(out, FORMAT, params=params, ragged={"boxes": ("float32", (4,))}, attrs=attrs) as writer, \
-                progress(quiet) as bar:
-            task = bar.add_task("candidates", total=len(source))
-            for rec in source:
-                im = by_name[rec.file_name]
-                h, w = int(im.get("height") or 0), int(im.get("width") or 0)
-                if not (h and w):
-                    try:
-                        h, w = read_image_size(rec.path)
-                    except ImageDecodeError as e:
-                        writer.add_skipped(rec.file_name, e.reason)
-                        skipped.append((rec.file_name, e.reason))
-                        bar.advance(task)
-                        continue
-                write(writer, rec, h, w, coco_boxes_xyxy(anns.get(im["id"], [])))
-                bar.advance(task)
-    return {"output": str(out), "views_kind": VIEWS_KIND, "source_kind": source_kind, "num_images": len(counts),
-            "boxes": _stats(counts), "images_without_candidates": int(sum(c == 0 for c in counts)),
-            "thresholds": thresholds, "skipped": skipped, "seconds": round(time.perf_counter() - t0, 3)}
-
-
-class CandidateStore:
-    """Candidate boxes per image file name, from a univip-candidates views file or a proposals file.
-
-    * ``sslkit.views`` (``views_kind = univip-candidates``): its ``boxes``, used as stored.
-    * ``sslkit.proposals``: ``field`` ``boxes`` (raw selective search) goes through ``filt`` (ORL's
-      filter, no fallback) on every lookup; any other box field (``boxes_filtered``) is used as stored.
-
-    Boxes are clipped to the image and degenerate ones (a side < 1 px) dropped. The HDF5 file is
-    opened lazily in each process (DataLoader workers fork or spawn), never pickled open.
-    """
-
-    def __init__(self, path: str | os.PathLike, field: str = "boxes", filt: BoxFilter | None = None):
-        from sslkit.io.artefacts import Artefact
-
-        self.path = str(path)
-        with Artefact(path, (FORMAT, "sslkit.proposals")) as a:
-            if a.format == FORMAT:
-                kind = a.attrs.get("views_kind")
-                if kind != VIEWS_KIND:
-                    raise UserError(f"holds {kind} views, not UniVIP candidates", path,
-                                    "make them with: sslkit sample-views IMAGES --method univip --proposals props.h5")
-                if field != "boxes":
-                    raise UserError(f"candidate_field={field!r}: a candidates file has only 'boxes'", path)
-            elif not a.ragged_names:
-                raise UserError("has no boxes (it holds label maps)", path,
-                                "make boxes with: sslkit propose IMAGES -o props.h5")
-            if field not in a.ragged_names:
-                raise UserError(f"has no box field {field!r}", path, f"candidate_field one of: {', '.join(a.ragged_names)}")
-            self.filter = filt if a.format == "sslkit.proposals" and field == "boxes" else None
-            self.format = a.format
-            self.row = {name: i for i, name in enumerate(a.file_name)}
-            self.hw = np.stack([a.height, a.width], 1)
-            self.skipped = {fn for fn, _ in a.skipped}
-        self.field = field
-        self._artefact = None
-        self._pid = None
-
-    def check_covers(self, source: ImageSource) -> None:
-        missing = [r.file_name for r in source if r.file_name not in self.row and r.file_name not in self.skipped]
-        if missing:
-            raise UserError(f"has no boxes for {len(missing)} of the {len(source)} training images "
-                            f"(e.g. {missing[0]})", self.path,
-                            "make it from the same images (folder or COCO json) as pretrain")
-
-    def _open(self):
-        from sslkit.io.artefacts import Artefact
-
-        if self._artefact is None or self._pid != os.getpid():
-            self._artefact = Artefact(self.path, self.format)
-            self._pid = os.getpid()
-        return self._artefact
-
-    def boxes(self, file_name: str, height: int, width: int) -> np.ndarray:
-        """(n, 4) float32 xyxy candidates in the pixels of an image of ``height × width``.
-
-        An image the artefact lists as skipped (unreadable when it was made) has none. If the
-        image is now another size than the artefact recorded, boxes are scaled to it.
-        """
-        i = self.row.get(file_name)
-        if i is None:
-            return np.zeros((0, 4), np.float32)
-        b = np.asarray(self._open().ragged(self.field, i), np.float32).reshape(-1, 4)
-        if self.filter is not None:
-            b = b[self.filter.apply(b)]
-        h0, w0 = self.hw[i]
-        if (h0, w0) != (height, width):
-            b = b * np.array([width / w0, height / h0, width / w0, height / h0], np.float32)
-        b = np.clip(b, 0, np.array([width, height, width, height], np.float32))
-        return b[((b[:, 2] - b[:, 0]) >= 1) & ((b[:, 3] - b[:, 1]) >= 1)]
-
-    def __getstate__(self):
-        d = dict(self.__dict__)
-        d["_artefact"], d["_pid"] = None, None
-        return d
 
 
 # ---------------------------------------------------------------------------------------- sampling
@@ -375,26 +171,6 @@ class PairSampler:
 # ---------------------------------------------------------------------------------------- pixels
 
 
-def photometric(aug):
-    """BYOL's pipeline for one ViewAug without its RandomResizedCrop: flip, colour jitter,
-    grayscale, blur, solarize, normalise (the crop is the sampled box, §4 "Image augmentations")."""
-    from torchvision.transforms import v2
-
-    from sslkit.transforms import build_view
-
-    steps = build_view(aug).transforms
-    if not isinstance(steps[0], v2.RandomResizedCrop):
-        raise RuntimeError("build_view no longer starts with its RandomResizedCrop")
-    return v2.Compose(steps[1:])
-
-
-def crop_resize(image, box, size: int):
-    """``box`` (float xyxy) of a PIL image resized to ``size × size``, bilinear (spec §6.20, ORL)."""
-    from PIL import Image
-
-    return image.resize((size, size), Image.Resampling.BILINEAR, box=tuple(float(v) for v in box))
-
-
 class UniVIPViews:
     """(image HWC uint8, candidates (n, 4)) → ``(s1, s2, inst_a, inst_b, stats)``.
 
@@ -408,18 +184,15 @@ class UniVIPViews:
 
     def __init__(self, sampler: PairSampler, scene_size: int = 224, instance_size: int = 96,
                  instances: bool = True, blur_reference: int | None = None, view_aug: str | None = None):
-        from sslkit.transforms import byol_views, tune_views
-
         self.sampler = sampler
         self.scene_size = scene_size
         self.instance_size = instance_size
         self.instances = instances and sampler.k > 0
-        self.scene = [photometric(v) for v in tune_views(byol_views(scene_size), blur_reference, view_aug)]
-        self.instance = [photometric(v) for v in tune_views(byol_views(instance_size), blur_reference, view_aug)]
+        self.scene = [build_view(v, crop=False) for v in tune_views(byol_views(scene_size), blur_reference, view_aug)]
+        self.instance = [build_view(v, crop=False)
+                         for v in tune_views(byol_views(instance_size), blur_reference, view_aug)]
 
     def __call__(self, image: np.ndarray, candidates: np.ndarray):
-        from PIL import Image
-
         h, w = image.shape[:2]
         pair = self.sampler.sample(h, w, candidates)
         pil = Image.fromarray(image)
@@ -439,17 +212,17 @@ class UniVIPDataset(ImageDataset):
     """Images of a source with their candidates (or none), as UniVIP samples; an
     :class:`~sslkit.views.dataset.ImageDataset` (``(epoch, index)`` keys, per-sample seeding)."""
 
-    def __init__(self, source: ImageSource, store: CandidateStore | None, views: UniVIPViews, seed: int):
+    def __init__(self, source: ImageSource, store: CandidateBoxes | None, views: UniVIPViews, seed: int):
         if store is not None:
-            store.check_covers(source)
+            store.check_covers(source, training=True)
         super().__init__(source, views, seed)
         self.store = store
 
     def make_sample(self, image: np.ndarray, record):
         h, w = image.shape[:2]
-        cands = self.store.boxes(record.file_name, h, w) if self.store is not None else np.zeros((0, 4), np.float32)
+        cands = self.store.boxes_for_image(record.file_name, h, w) if self.store is not None else np.zeros((0, 4), np.float32)
         return self.transform(image, cands)
 
 
-__all__ = ["CandidateStore", "NAIVE_MAX_IOU", "NAIVE_MAX_RATIO", "NAIVE_MIN_SIZE", "PairSampler",
-           "ScenePair", "UniVIPDataset", "UniVIPViews", "build_candidates", "crop_resize", "photometric"]
+__all__ = ["NAIVE_MAX_IOU", "NAIVE_MAX_RATIO", "NAIVE_MIN_SIZE", "PairSampler", "ScenePair", "UniVIPDataset",
+           "UniVIPViews"]

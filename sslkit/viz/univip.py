@@ -46,8 +46,9 @@ def render(art, row: int, image: np.ndarray, opts: ShowOptions) -> Rendering:
     import cv2
     from PIL import Image
 
+    from sslkit.transforms import crop_resize
     from sslkit.views.dataset import sample_seed
-    from sslkit.views.univip import PairSampler, crop_resize
+    from sslkit.views.univip import PairSampler
 
     k = opts.top or DEFAULT_K
     h, w = image.shape[:2]

@@ -69,8 +69,7 @@ def render_orl_pairs(art, row: int, image: np.ndarray, opts: ShowOptions) -> Ren
     from sslkit.viz import image_root
     from sslkit.viz.draw import color, line_width
 
-    f = art._f
-    k = int(f["knn_ids"]["data"].shape[1])
+    k = int(art.field_spec("knn_ids")[1][0])
     slot = neighbor_slot(opts, k, art.path)
     nrow = int(art.ragged("knn_ids", row)[0, slot])
     sim = float(art.ragged("knn_sims", row)[0, slot])
