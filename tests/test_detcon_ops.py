@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from sslkit.methods.detcon_ops import cell_owners, detcon_loss, mask_pool, mask_weights, sample_mask_ids
+from sslkit.methods.detcon_ops import detcon_loss
+from sslkit.ops.masks import cell_owners, mask_pool, mask_weights, sample_mask_ids
 
 
 def brute_force_loss(q1, q2, t1, t2, id1, id2, tau):

@@ -28,9 +28,10 @@ from sslkit import dist
 from sslkit.errors import UserError
 from sslkit.methods.base import Method
 from sslkit.methods.byol import OnlineTarget
-from sslkit.methods.detcon_ops import NUM_MASKS, TEMPERATURE, detcon_loss, mask_pool, mask_weights
+from sslkit.methods.detcon_ops import TEMPERATURE, detcon_loss
 from sslkit.models.backbones import res5
 from sslkit.models.heads import simclr_projector
+from sslkit.ops.masks import NUM_MASKS, mask_pool, mask_weights
 from sslkit.transforms import ViewAug, byol_views, tune_views
 
 #: keys shared by both variants

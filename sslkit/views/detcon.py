@@ -23,7 +23,7 @@ from torchvision import tv_tensors
 from sslkit.console import warn
 from sslkit.errors import UserError
 from sslkit.io.images import ImageSource
-from sslkit.methods.detcon_ops import cell_owners
+from sslkit.ops.masks import cell_owners
 from sslkit.transforms import ViewAug, build_view, to_image
 from sslkit.views.dataset import ImageDataset
 
