@@ -24,6 +24,9 @@ images. See docs/detect.md.
 
 Reads WEIGHTS (a training checkpoint, an export .pth / detectron2 .pkl, or
 'random' with --arch) and two COCO instances jsons (polygon or RLE masks).
+Weights that also hold a pretrained FPN and box-head convs (MCL; sslkit
+export --include chooses) initialise those too, at their width; the log
+names the parts that came from the weights.
 Writes RUN_DIR/config.yaml, last.pth (rerunning the command resumes it),
 log.jsonl, tb/, metrics.json (bbox and segm AP, AP50, AP75, APs/m/l,
 per-category AP; also -o FILE / --json), predictions.json with
@@ -117,6 +120,7 @@ def run_detect(weights: str | None, out: Path, flags: dict, *, engine: Engine, d
     from sslkit.dist import detect_launcher
     from sslkit.engine.config import default_workers, dump_yaml, resolve_precision
     from sslkit.eval.detect import train as T
+    from sslkit.eval.detect.model import parts_settings
     from sslkit.io.artefacts import command_line
 
     if out.exists() and not out.is_dir():
@@ -169,6 +173,7 @@ def run_detect(weights: str | None, out: Path, flags: dict, *, engine: Engine, d
                 raise UserError(f"--{key} COCO_JSON is required")
         meta = _backbone_meta(weights, cfg["arch"], cfg["encoder"], cfg["seed"])
         cfg.update(weights=meta["source"], arch=meta["arch"], backbone_sha256=meta["backbone_sha256"])
+        cfg.update(parts_settings(meta, given))  # a pretrained FPN / box head (MCL): loaded, and its width
         for note in meta.get("notes", []):
             if not quiet:
                 warn(note)

@@ -132,9 +132,11 @@ class SkippedImages:
 
 
 def train_step(module: nn.Module, model, optimizer: torch.optim.Optimizer, amp: Amp, batch, lr: float,
-               step: int, total_steps: int) -> tuple[dict, dict]:
+               step: int, total_steps: int, grad_clip: float = 0.0) -> tuple[dict, dict]:
     """One optimizer step as the loop runs it: set lr, forward (through DDP when ``module`` is the
-    DDP wrapper of ``model``), backward, step, then the method's after-step hook.
+    DDP wrapper of ``model``), backward, [clip the gradients' global L2 norm to ``grad_clip``, after
+    unscaling fp16 gradients; the norm before clipping is returned as ``grad_norm``, except with fp16,
+    whose skipped overflow steps have an infinite norm], step, then the method's after-step hook.
     Returns (the method's outputs, the hook's values)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -142,6 +144,11 @@ def train_step(module: nn.Module, model, optimizer: torch.optim.Optimizer, amp: 
         out = module(batch)
     optimizer.zero_grad(set_to_none=True)
     amp.scaler.scale(out["loss"]).backward()
+    if grad_clip > 0:
+        amp.scaler.unscale_(optimizer)
+        norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        if not amp.scaler.is_enabled():
+            out = {**out, "grad_norm": norm}
     amp.scaler.step(optimizer)
     amp.scaler.update()
     return out, model.on_after_step(step, total_steps)
@@ -248,6 +255,7 @@ def _train(cfg: dict, opts: RunOptions, info: dist.DistInfo) -> dict | None:
             "command": opts.command, "method": cfg["method"], "config": cfg,
             "epoch": step // spe, "step": step,
             "model": model.state_dict(), "encoders": model.encoders(), "default_encoder": model.default_encoder,
+            "parts": model.export_parts(),
             "optimizer": optimizer.state_dict(),
             "scaler": amp.scaler.state_dict() if amp.scaler.is_enabled() else None,
             "scheduler": {**schedule.state_dict(), "step": step},
@@ -285,7 +293,7 @@ def _train(cfg: dict, opts: RunOptions, info: dist.DistInfo) -> dict | None:
                     skipped.add(bad)
                 lr = schedule(step)
                 batch = to_device(batch, device, cfg["channels_last"])
-                out, extra = train_step(ddp, model, optimizer, amp, batch, lr, step, total)
+                out, extra = train_step(ddp, model, optimizer, amp, batch, lr, step, total, cfg["grad_clip"])
                 step += 1
                 for k, v in out.items():
                     v = v.detach().float()

@@ -7,12 +7,14 @@ a doc page and tests.
 from sslkit.methods.base import Method
 from sslkit.methods.byol import BYOL
 from sslkit.methods.detcon import DetConB, DetConS
+from sslkit.methods.mcl import MCL
 from sslkit.methods.mocov2 import MoCoV2
 from sslkit.methods.orl import ORL
 from sslkit.methods.simclr import SimCLR
 from sslkit.methods.univip import UniVIP
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (BYOL, MoCoV2, SimCLR, DetConS, DetConB, ORL, UniVIP)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (BYOL, MoCoV2, SimCLR, DetConS, DetConB, ORL, UniVIP,
+                                                                    MCL)}
 
 
 def get_method(name: str) -> type[Method]:

@@ -10,6 +10,12 @@ A method is an ``nn.Module`` built from the resolved config. It owns
 * :meth:`on_after_step`, called after every optimizer step (EMA / momentum updates);
 * :meth:`encoders`, ``{name: state_dict prefix}`` of every backbone in ``state_dict()`` that can be
   exported (e.g. BYOL's online and target networks), and ``default_encoder``;
+* optionally :meth:`export_parts`, detector parts it pretrains beside an encoder's backbone
+  (``{encoder: {part: state_dict prefix}}``; MCL: ``fpn`` and the box ``head`` convs). ``sslkit
+  export --include`` picks among them (default: the backbone and every part), and ``detect``
+  initialises its FPN / box head from them. A part has a fixed layout: ``fpn`` is
+  :class:`sslkit.models.fpn.FPN`, ``head`` is :func:`sslkit.models.heads.box_head_convs` with 4 convs
+  (key maps: :mod:`sslkit.models.parts`);
 * class-level ``DEFAULTS`` (its hyper-parameters, overriding the engine's defaults where they
   differ, e.g. optimizer and lr) with ``HELP`` for its own keys, and :meth:`make_transform`, the
   view pipeline for one decoded image;
@@ -69,6 +75,11 @@ class Method(nn.Module, abc.ABC):
     @abc.abstractmethod
     def encoders(self) -> dict[str, str]:
         """``{encoder name: state_dict key prefix}``, e.g. ``{"online": "backbone."}``."""
+
+    def export_parts(self) -> dict[str, dict[str, str]]:
+        """Exportable detector parts per encoder, ``{encoder: {part: state_dict prefix}}``; parts are
+        ``fpn`` and ``head`` (see the module docstring). Saved in every checkpoint as ``parts``."""
+        return {}
 
     def ema_state(self) -> dict | None:
         """The checkpoint's ``ema`` entry: the momentum schedule and which module follows which, or None."""

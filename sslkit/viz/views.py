@@ -5,6 +5,7 @@
   first. The neighbour slot is ``--neighbor K`` (or ``--field neighbor=K``); default 0, the nearest. ``--top`` limits
   the pairs drawn (default: all of that neighbour's pairs, ``max(1, int(0.1·B_q))``).
 * ``univip-candidates``: drawn by :func:`sslkit.viz.univip.render`.
+* ``mcl-montages``: one step's MCL montages, drawn by :func:`sslkit.viz.mcl.render`.
 
 The neighbour image is read from the image folder ``show`` resolved (``--images`` or the
 source recorded in the file).
@@ -24,6 +25,7 @@ from sslkit.viz import Rendering, ShowOptions
 KINDS = {
     "orl-pairs": "sslkit.viz.views:render_orl_pairs",
     "univip-candidates": "sslkit.viz.univip:render",
+    "mcl-montages": "sslkit.viz.mcl:render",
 }
 
 
