@@ -40,8 +40,18 @@ from sslkit.models.ema import ema_momentum, ema_update, frozen_copy
 from sslkit.models.fpn import build_neck
 from sslkit.models.heads import box_head_convs, mcl_predictor, mcl_projector
 from sslkit.transforms import tune_views
-from sslkit.views.mcl import (DOWNSAMPLE_MODES, MAX_LEVELS, MONTAGE_FRACTIONS, MCLViews, level_weights,
-                              mcl_view_augs, montage_counts, montage_views, parse_fractions, windows)
+from sslkit.views.mcl import (
+    DOWNSAMPLE_MODES,
+    MAX_LEVELS,
+    MONTAGE_FRACTIONS,
+    MCLViews,
+    level_weights,
+    mcl_view_augs,
+    montage_counts,
+    montage_views,
+    parse_fractions,
+    windows,
+)
 from sslkit.views.mcl_stage import MCLMontageStage
 
 #: the networks EMA'd into the target, online prefix → target prefix

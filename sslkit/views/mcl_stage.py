@@ -33,8 +33,17 @@ from sslkit.config import Key
 from sslkit.errors import UserError
 from sslkit.transforms.pipelines import IMAGENET_MEAN, IMAGENET_STD
 from sslkit.views.dataset import ImageDataset
-from sslkit.views.mcl import (DOWNSAMPLE_MODES, MAX_LEVELS, MONTAGE_FRACTIONS, MCLViews, assemble, mcl_view_augs,
-                              montage_counts, montage_views, parse_fractions)
+from sslkit.views.mcl import (
+    DOWNSAMPLE_MODES,
+    MAX_LEVELS,
+    MONTAGE_FRACTIONS,
+    MCLViews,
+    assemble,
+    mcl_view_augs,
+    montage_counts,
+    montage_views,
+    parse_fractions,
+)
 from sslkit.views.stage import StageInputs, StageResult, ViewStage
 
 FORMAT = "sslkit.views"

@@ -111,7 +111,6 @@ def write_backbone_pkl(cfg: dict, path: Path) -> None:
     """The run's backbone (the weights file, or the seeded random init) as a detectron2 .pkl."""
     from sslkit.io.checkpoint import save_detectron2_pkl
     from sslkit.models import convert as C
-
     from sslkit.models.parts import to_detectron2
 
     net, meta = C.load_backbone(cfg["weights"], arch=cfg["arch"], encoder=cfg["encoder"], seed=cfg["seed"])
