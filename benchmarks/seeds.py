@@ -7,7 +7,8 @@ its summaries (e.g. ``bench-runs/qoc150-s1/quality-wdauto.json``, from ``--probe
 matched by their method name. Prints a markdown table (mean ± sample sd, n seeds) and, for every
 row but the first, the mean paired difference to the first row (random init) with its standard
 error: the seeds pair the rows (the same seed draws the random init, the pretraining run and the
-probes' classifiers).
+probes' classifiers). ``--base NAME`` pairs against another row, e.g. ``--base mcl`` for MCL's
+ablation variants.
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ def load(folder: Path) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path, help="quality.py --out folders (or summary .json files), one per seed")
+    ap.add_argument("--base", help="the row the differences are paired against (default: the first, random init)")
     args = ap.parse_args()
     if len(args.runs) < 2:
         raise SystemExit("give at least two runs (one per seed)")
     tables = [{r["method"]: r for r in load(f)} for f in args.runs]
     names = [n for n in tables[0] if all(n in t for t in tables)]
     cols = [c for c in next(iter(tables[0].values())) if c not in ("method", "pretrain_s")]
-    base = names[0]
+    base = args.base or names[0]
+    if base not in names:
+        raise SystemExit(f"--base {base!r} is not a row of every run (rows: {', '.join(names)})")
 
     def values(name: str, col: str) -> list[float]:
         return [float(t[name][col]) for t in tables]

@@ -10,6 +10,9 @@ interleaved over `--repeats` rounds and the median step time is reported.
         --univip-views cands.h5 --arch resnet18 --image-size 96 --batch-size 32
 
 Targets from the issues: DetCon-B ≤ 1.3× BYOL; UniVIP ≤ 1.5× BYOL (the paper reports about +35%).
+``--mcl`` adds MCL (issue 18: 172 montages per view per 128 images, expected about 1.3–1.5× BYOL;
+its batch must be a multiple of 32), ``--mcl-set KEY=VALUE`` an MCL setting (e.g. head_windows=all
+for the authors' head-on-every-window); ``benchmarks/mcl_cost.py`` says where MCL's time goes.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ def main() -> None:
     ap.add_argument("--masks", help="label maps for DetCon (sslkit propose --algo felzenszwalb)")
     ap.add_argument("--orl-views", help="ORL pairs (sslkit sample-views -m orl)")
     ap.add_argument("--univip-views", help="UniVIP candidates (sslkit sample-views -m univip)")
+    ap.add_argument("--mcl", action="store_true", help="add MCL (needs a batch that is a multiple of 32)")
+    ap.add_argument("--mcl-set", action="append", default=[], metavar="KEY=VALUE", help="an MCL setting (repeatable)")
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -77,6 +82,10 @@ def main() -> None:
         methods["orl"] = {"views": args.orl_views, "patch_size": patch}
     if args.univip_views:
         methods["univip"] = {"views": args.univip_views, "instance_size": patch}
+    if args.mcl:
+        from sslkit.config import parse_set
+
+        methods["mcl"] = parse_set(args.mcl_set)
     dev = torch.device(args.device)
     amp = Amp(args.precision, args.device)
     built = {}
