@@ -41,7 +41,7 @@ def tiny_cfg(**over) -> dict:
 
 def _batch(b=32, size=64, levels=4, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, 2 * levels, 3, size, size, generator=g), torch.randint(0, 2**62, (b,), generator=g)
+    return torch.randn(b, 2 * levels, 3, size, size, generator=g), seed
 
 
 # -- montage geometry ---------------------------------------------------------------------------
@@ -285,8 +285,8 @@ def test_matched_and_all_windows_pick_the_same_tiles():
 
 def test_loss_decreases_on_a_fixed_batch():
     torch.manual_seed(0)
-    m = METHODS["mcl"](tiny_cfg(ema_momentum=0.9, temperature=0.2))
-    assert_learns(train_on_fixed_batch(m, _batch(), steps=10, lr=0.1))
+    m = METHODS["mcl"](tiny_cfg(temperature=0.2))
+    assert_learns(train_on_fixed_batch(m, _batch(), steps=12, lr=0.05))
 
 
 def test_fpn_layout_is_torchvisions_and_partial_levels_agree():

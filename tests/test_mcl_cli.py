@@ -150,7 +150,7 @@ def test_frozen_montages_are_the_training_montages_and_show_draws_them(photo_dir
     from sslkit.io.artefacts import Artefact
     from sslkit.io.images import ImageSource
     from sslkit.views.dataset import ImageDataset
-    from sslkit.views.mcl import MCLViews, mcl_view_augs, montage_views
+    from sslkit.views.mcl import MCLViews, mcl_collate, mcl_view_augs, montage_views
     from sslkit.views.mcl_stage import MCLMontageStage, montages_from_file, to_uint8
     from sslkit.views.stage import StageInputs
 
@@ -160,9 +160,8 @@ def test_frozen_montages_are_the_training_montages_and_show_draws_them(photo_dir
     assert res.summary["montages_per_level"] == [32, 8, 2, 1] and res.summary["distinct_images"] == 5
     # the training code on the same (seed, epoch 0, slot) samples
     ds = ImageDataset(ImageSource.from_arg(photo_dir), MCLViews(mcl_view_augs(64), 4), 3)
-    items = [ds[(0, i)][0] for i in range(32)]
-    (qx, qsrc), (kx, ksrc) = montage_views(torch.stack([v for v, _ in items]), torch.stack([s for _, s in items]),
-                                           [32, 8, 2, 1])
+    views, seed = mcl_collate([ds[(0, i)][0] for i in range(32)])
+    (qx, qsrc), (kx, ksrc) = montage_views(views, seed, [32, 8, 2, 1])
     with Artefact(out) as art:
         assert art.attrs["views_kind"] == "mcl-montages" and len(art) == 32
         redrawn = montages_from_file(art)

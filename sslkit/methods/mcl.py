@@ -18,7 +18,7 @@ BYOL's architecture with InfoNCE over a batch of targets, on montages (§3):
 Which windows the head sees (``head_windows``): the authors' code runs the head on every window
 of every pyramid level of all montages and keeps the matched (level, montage) pairs, so a level's
 head BatchNorm statistics come from all montages; ``matched`` (default [I]) runs it on the windows
-that enter the loss only — the same tiles, about 20× less head compute at 4 levels (the code's
+that enter the loss only — the same tiles, about 23× less head compute at 4 levels (the code's
 choice, ``all``, costs more than the backbone; docs/mcl.md). The target computes only the
 pyramid levels its loss mode needs (P5 for mode a).
 
@@ -46,6 +46,7 @@ from sslkit.views.mcl import (
     MONTAGE_FRACTIONS,
     MCLViews,
     level_weights,
+    mcl_collate,
     mcl_view_augs,
     montage_counts,
     montage_views,
@@ -64,6 +65,7 @@ class MCL(Method):
     summary = "MCL: montages of 4 scales, FPN + box-head windows, multi-level InfoNCE (LARS 1.0×B/256, EMA 0.99)"
     default_encoder = "online"
     view_stage = MCLMontageStage
+    collate = staticmethod(mcl_collate)
     DEFAULTS = {
         # §4.1 + MCL.py [C]: LARS (η 1e-3, BN/bias excluded), lr 1.0 × B/256, wd 1e-5, batch 4096 (32 × 128),
         # 100 ImageNet epochs (COCO: 530), 10 warm-up epochs from 1e-4, cosine to min_lr 1e-4, SyncBN,
@@ -118,7 +120,7 @@ class MCL(Method):
         "fpn_dim": "FPN / box-head width",
         "head_convs": "convs in the box-head tower (the detector's box head has 4)",
         "head_windows": "matched: the head sees the windows that enter the loss; all: every window of every "
-                        "level of all montages (the authors' code; ~20x the head compute)",
+                        "level of all montages (the authors' code; ~23x the head compute)",
         "proj_hidden_dim": "projector hidden width",
         "proj_dim": "projection (and prediction) dimension",
         "pred_hidden_dim": "predictor hidden width",
@@ -225,10 +227,10 @@ class MCL(Method):
         return out
 
     def forward_train(self, batch) -> dict[str, torch.Tensor]:
-        views, seeds = batch
+        views, seed = batch  # (B, 2L, 3, S, S), the batch seed (mcl_collate)
         b = views.shape[0]
         counts = montage_counts(b, self.fractions)
-        (qx, qsrc), (kx, ksrc) = montage_views(views, seeds, counts, self.downsample)
+        (qx, qsrc), (kx, ksrc) = montage_views(views, seed, counts, self.downsample)
         if self.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last):
             qx, kx = (x.contiguous(memory_format=torch.channels_last) for x in (qx, kx))
         every = list(range(self.levels))

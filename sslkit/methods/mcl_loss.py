@@ -71,9 +71,10 @@ def contrast(u: torch.Tensor, v: torch.Tensor, u_labels: torch.Tensor, v_labels:
     ce = -(logp * pos).sum(1) / npos.clamp_min(1)
     has = npos > 0
     loss = 2.0 * tau * (ce * has).sum() / has.sum().clamp_min(1)
-    with torch.no_grad():
-        pos_cos = cos[pos].mean() if pos.any() else cos.new_zeros(())
-        neg_cos = cos[~pos].mean() if (~pos).any() else cos.new_zeros(())
+    with torch.no_grad():  # no host sync (no boolean indexing): the step stays asynchronous on a GPU
+        pf = pos.float()
+        pos_cos = (cos * pf).sum() / pf.sum().clamp_min(1)
+        neg_cos = (cos * (1 - pf)).sum() / (1 - pf).sum().clamp_min(1)
     return loss, pos_cos, neg_cos
 
 

@@ -17,10 +17,10 @@ A tile of level ``s`` covers exactly one ``(S/32)²`` window of the pyramid leve
 row-major order as the sources, so window ``j`` of montage ``m`` belongs to ``sources[m·r² + j]``.
 
 Randomness: the views are drawn per sample from torch's generator (seeded per sample by
-:class:`sslkit.views.dataset.ImageDataset`), and each sample also draws a 62-bit ``seed``; the tile
-permutations of a batch come from a generator seeded by all its samples' seeds
-(:func:`batch_seed`), so they are a function of (run seed, step, rank) like the views, and a
-resumed run draws the same ones.
+:class:`sslkit.views.dataset.ImageDataset`), and each sample also draws a 62-bit ``seed``; the
+collate (:func:`mcl_collate`) hashes a batch's seeds into one (:func:`batch_seed`), which seeds the
+CPU generator of its tile permutations: they are a function of (run seed, step, rank) like the
+views, and a resumed run draws the same ones.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils.data import default_collate
 
 from sslkit.transforms.pipelines import ViewAug, build_view
 from sslkit.views.dataset import sample_seed
@@ -140,6 +141,20 @@ def batch_seed(seeds: torch.Tensor) -> int:
     return sample_seed(*(int(s) for s in seeds.reshape(-1).tolist()))
 
 
+def mcl_collate(samples) -> tuple[torch.Tensor, int]:
+    """``[(views (2L, C, H, W), seed), …]`` → ``(views (B, 2L, C, H, W), batch seed)``. The seed is hashed
+    here, in the loader, so the training step needs no device-to-host read."""
+    views, seeds = default_collate(samples)
+    return views, batch_seed(seeds)
+
+
+def _to(src: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Indices to the views' device; to a GPU from pinned memory, asynchronously (no stream sync)."""
+    if device.type == "cuda":
+        return src.pin_memory().to(device, non_blocking=True)
+    return src.to(device)
+
+
 def montage_batch(level_views: Sequence[torch.Tensor], counts: Sequence[int], generator: torch.Generator,
                   mode: str = "nearest") -> tuple[torch.Tensor, list[torch.Tensor]]:
     """One view's montage batch: ``level_views[s]`` (B, C, H, W) are the level-s augmentations.
@@ -152,19 +167,20 @@ def montage_batch(level_views: Sequence[torch.Tensor], counts: Sequence[int], ge
     for s, (x, count) in enumerate(zip(level_views, counts, strict=True)):
         ratio = 2 ** s
         src = torch.arange(b) if s == 0 else draw_sources(b, ratio, count, generator)
+        src = _to(src, x.device)
         parts.append(x if s == 0 else assemble(x, src, ratio, mode))
-        sources.append(src.to(x.device))
+        sources.append(src)
     return torch.cat(parts), sources
 
 
-def montage_views(views: torch.Tensor, seeds: torch.Tensor, counts: Sequence[int], mode: str = "nearest"):
-    """A collated MCL batch → both views' montages: ``views`` (B, 2L, C, H, W) (q levels 0..L−1, then
-    k levels), ``seeds`` (B,). Returns ``((q_montages, q_sources), (k_montages, k_sources))``; the q
-    permutations are drawn before the k ones from the generator seeded by :func:`batch_seed`."""
+def montage_views(views: torch.Tensor, seed: int, counts: Sequence[int], mode: str = "nearest"):
+    """A collated MCL batch (:func:`mcl_collate`) → both views' montages: ``views`` (B, 2L, C, H, W)
+    (q levels 0..L−1, then k levels), ``seed`` the batch seed. Returns ``((q_montages, q_sources),
+    (k_montages, k_sources))``; the q permutations are drawn before the k ones, on the CPU."""
     levels = len(counts)
     if views.shape[1] != 2 * levels:
         raise ValueError(f"a batch of {views.shape[1]} views per image does not hold 2x{levels} levels")
-    g = torch.Generator().manual_seed(batch_seed(seeds))
+    g = torch.Generator().manual_seed(int(seed))
     q = montage_batch([views[:, s] for s in range(levels)], counts, g, mode)
     k = montage_batch([views[:, levels + s] for s in range(levels)], counts, g, mode)
     return q, k
@@ -198,5 +214,5 @@ class MCLViews:
 
 
 __all__ = ["DOWNSAMPLE_MODES", "MAX_LEVELS", "MCLViews", "MONTAGE_FRACTIONS", "assemble", "batch_rule", "batch_seed",
-           "downsample", "draw_sources", "level_weights", "mcl_view_augs", "montage_batch", "montage_counts",
-           "montage_views", "parse_fractions", "windows"]
+           "downsample", "draw_sources", "level_weights", "mcl_collate", "mcl_view_augs", "montage_batch",
+           "montage_counts", "montage_views", "parse_fractions", "windows"]

@@ -2,8 +2,9 @@
 at them (``sslkit show``) and to test against. Training itself assembles montages online, per step.
 
 The step's batch is the first ``batch_size`` images of IMAGES in source order (cycling through them
-when there are fewer; each slot draws its own augmentations), augmented and tiled by exactly the
-code training runs (:class:`sslkit.views.mcl.MCLViews`, :func:`sslkit.views.mcl.montage_views`),
+when there are fewer; each slot draws its own augmentations), augmented, collated and tiled by exactly
+the code training runs (:class:`sslkit.views.mcl.MCLViews`, :func:`sslkit.views.mcl.mcl_collate`,
+:func:`sslkit.views.mcl.montage_views`),
 with the per-sample seeds of epoch 0 of ``seed``.
 
 The file (``sslkit.views``, ``views_kind = mcl-montages``; docs/artefacts.md) has one row per
@@ -39,6 +40,7 @@ from sslkit.views.mcl import (
     MONTAGE_FRACTIONS,
     MCLViews,
     assemble,
+    mcl_collate,
     mcl_view_augs,
     montage_counts,
     montage_views,
@@ -110,8 +112,8 @@ class MCLMontageStage(ViewStage):
                 slots.append(slot)
                 skipped += [x for x in bad if x not in skipped]
                 bar.advance(task)
-        views_t, seeds_t = torch.stack(views), torch.stack(seeds)
-        (_, qsrc), (_, ksrc) = montage_views(views_t, seeds_t, counts, settings["downsample"])
+        views_t, seed = mcl_collate(list(zip(views, seeds, strict=True)))
+        (_, qsrc), (_, ksrc) = montage_views(views_t, seed, counts, settings["downsample"])
         attrs = {"views_kind": VIEWS_KIND, "levels": levels, "image_size": size, "batch_size": b,
                  "downsample": settings["downsample"], "seed": settings["seed"],
                  "montage_fractions": settings["montage_fractions"]}
