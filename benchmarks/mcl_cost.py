@@ -9,8 +9,12 @@ convs, projector + predictors, online and target separately; "other" is the rest
     python benchmarks/mcl_cost.py --images bench-data/train.json --arch resnet18 --image-size 224 \\
         --batch-size 32 --device cuda --precision bf16 --json mcl_cost.json
 
-The paper's cost model: 172 montages per view per 128 images (1.34×) through backbone + FPN, so
-about 1.3–1.5× BYOL; ``--mcl-set head_windows=all`` adds the authors' head on every window.
+The paper's cost model: 172 montages per view per 128 images (1.34×) through backbone + FPN;
+the FPN's 3×3 output convs (P2 alone: 56²·256²·9 MACs at 224 px, as much as a ResNet-18) come on
+top. ``--mcl-set head_windows=all`` adds the authors' head on every window. ``--flops`` counts the
+forward and backward FLOPs per network part instead (meta tensors: no images, no time, any arch):
+
+    python benchmarks/mcl_cost.py --flops --arch resnet50 --image-size 224 --batch-size 128
 """
 
 from __future__ import annotations
@@ -107,9 +111,58 @@ def profile(method: str, model, opt, batch, amp, args, device) -> dict[str, floa
     return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
 
 
+def flops(args) -> None:
+    """Forward FLOPs per top-level network part, and forward + backward totals, of one training step."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sslkit.config import parse_set
+    from sslkit.engine import config as C
+    from sslkit.methods import get_method
+
+    table: dict[str, dict[str, float]] = {}
+    totals = {}
+    for method, extra in (("byol", {}), ("mcl", parse_set(args.mcl_set))):
+        cls = get_method(method)
+        cfg = C.resolve(cls, [("bench", {"arch": args.arch, "image_size": args.image_size,
+                                         "batch_size": args.batch_size, **extra})])
+        cfg["world_size"] = 1
+        cls.validate(cfg)
+        with torch.device("meta"):
+            model = cls(cfg)
+        b, size = args.batch_size, args.image_size
+        batch = ((torch.empty(b, 3, size, size, device="meta"),) * 2 if method == "byol" else
+                 (torch.empty(b, 2 * cfg["levels"], 3, size, size, device="meta"), 0))
+        with FlopCounterMode(display=False) as fwd:
+            out = model(batch)
+        with FlopCounterMode(display=False) as bwd:
+            out["loss"].backward()
+        counts = {k: sum(v.values()) for k, v in fwd.get_flop_counts().items()}
+        root = type(model).__name__
+        for name in dict(model.named_children()):
+            key = f"{root}.{name}"
+            value = counts.get(key)
+            if value is None:  # called through its children (the backbones: stage_features)
+                value = sum(v for k, v in counts.items() if k.startswith(key + ".") and k.count(".") == 2)
+            if value:
+                part = ("target " if name.startswith("target_") else "online ") + PARTS.get(
+                    name.removeprefix("target_"), name)
+                table.setdefault(part, {})[method] = table.get(part, {}).get(method, 0.0) + value
+        totals[method] = (counts.get("Global", 0), sum(sum(v.values()) for k, v in bwd.get_flop_counts().items()
+                                                        if k == "Global"))
+    print(f"| forward part (GFLOP per step) | BYOL | MCL |  ({args.arch} @ {args.image_size}px, batch {args.batch_size}, "
+          f"MCL settings {args.mcl_set or 'default'})")
+    print("|---|---|---|")
+    for part in sorted(table, key=lambda k: (k.startswith("target"), k)):
+        print(f"| {part} | " + " | ".join(f"{table[part].get(m, 0) / 1e9:.1f}" for m in ("byol", "mcl")) + " |")
+    for i, what in enumerate(("forward", "backward")):
+        print(f"| **{what} total** | " + " | ".join(f"{totals[m][i] / 1e9:.0f}" for m in ("byol", "mcl")) + " |")
+    step = {m: sum(v) for m, v in totals.items()}
+    print(f"\nMCL / BYOL FLOPs per step (forward + backward): {step['mcl'] / step['byol']:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", required=True, help="image folder or COCO json")
+    ap.add_argument("--images", help="image folder or COCO json")
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -121,7 +174,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--mcl-set", action="append", default=[], metavar="KEY=VALUE", help="an MCL setting (repeatable)")
     ap.add_argument("--json", help="also write the JSON record here")
+    ap.add_argument("--flops", action="store_true", help="count FLOPs per part instead of timing (no --images needed)")
     args = ap.parse_args()
+    if args.flops:
+        flops(args)
+        return
+    if not args.images:
+        ap.error("--images is required (except with --flops)")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.patch_size = 0
