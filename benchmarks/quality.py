@@ -9,10 +9,11 @@ Everything runs through the real CLI (`sslkit ...` subprocesses), as a user woul
 Prints a markdown table and writes OUT/quality.json. Budget = same epochs, batch, image size and
 arch for every method (ORL's stage 1 is the BYOL run of the same table, as in the paper).
 Methods: byol, simclr, mocov2, simsiam, densecl, detcon-b, detcon-s (FH masks), detcon-b-grid,
-detcon-s-grid, orl, univip, regioncl-m, regioncl-s, regioncl-d (boxes scaled to the feature grid:
-C_U = min(5, grid − 1), C_L = min(3, C_U); 1 cell of a 2×2 grid at 64 px), and the variants of
-VARIANTS (byol-blur224, byol-blur224-lr4x, orl-intra, orl-inter, univip-k0, univip-k2, univip-no-ot,
-univip-no-si). ``--heldout F`` adds object probes on cutouts the probe never trained on; ``--probes`` picks the probes (``background/...``: a diagnostic on demo-data
+detcon-s-grid, orl, univip, mcl (batch a multiple of 32), regioncl-m, regioncl-s, regioncl-d (boxes
+scaled to the feature grid: C_U = min(5, grid − 1), C_L = min(3, C_U); 1 cell of a 2×2 grid at 64 px),
+and the variants of VARIANTS (byol-blur224, byol-blur224-lr4x, orl-intra, orl-inter, univip-k0,
+univip-k2, univip-no-ot, univip-no-si, mcl-l3, mcl-mode-b/c/d). ``--heldout F`` adds object probes on
+cutouts the probe never trained on; ``--probes`` picks the probes (``background/...``: a diagnostic on demo-data
 scenes, which background photo a scene was built on); ``--probe-wd auto`` cross-validates the
 linear probes' weight decay (``sslkit linprobe --wd auto``); ``--probe-epochs`` also probes epoch
 checkpoints of the image-level runs; ``--set KEY=VALUE`` passes a pretraining setting to every run
@@ -35,7 +36,8 @@ from pathlib import Path
 SSLKIT = [sys.executable, "-m", "sslkit"]
 
 # Ablation variants: name -> (method, settings passed as --set). ORL Table 5(a); UniVIP Table 7 and 8(c)
-# (K = 0 is UniVIP's scene-only row: BYOL on overlapping views).
+# (K = 0 is UniVIP's scene-only row: BYOL on overlapping views); MCL Table 10(a) (3 montage levels, without
+# the finest 1/8 level; weights 1/2, 1/4, 1/4) and 10(b) (loss modes b, c, d; a is the default).
 VARIANTS = {
     "byol-blur224": ("byol", {"blur_reference_size": 224}),
     "byol-blur224-lr4x": ("byol", {"blur_reference_size": 224, "lr": 0.8}),
@@ -45,6 +47,10 @@ VARIANTS = {
     "univip-k2": ("univip", {"num_instances": 2}),
     "univip-no-ot": ("univip", {"instance_weight": 0}),
     "univip-no-si": ("univip", {"scene_instance_weight": 0}),
+    "mcl-l3": ("mcl", {"levels": 3}),
+    "mcl-mode-b": ("mcl", {"loss_mode": "b"}),
+    "mcl-mode-c": ("mcl", {"loss_mode": "c"}),
+    "mcl-mode-d": ("mcl", {"loss_mode": "d"}),
 }
 
 
@@ -206,6 +212,8 @@ def main() -> None:
                                      f"{ck.parent} to pretrain it again")
                 weights[f"{name} @ epoch {e}"] = (str(epoch_ck), secs * e / args.epochs)
             weights[name] = (str(ck), secs)
+        elif m == "mcl":  # the backbone is probed; MCL's FPN and head matter for detection (sslkit detect)
+            weights[name] = tuple(map(str, run(m)))
         elif m in ("detcon-b", "detcon-s"):
             weights[name] = tuple(map(str, run(m, "--masks", proposals("felzenszwalb"))))
         elif m in ("detcon-b-grid", "detcon-s-grid"):

@@ -156,3 +156,19 @@ PY
 $PY benchmarks/detect.py --data $Q --val $Q/val150.json --out "$OUT/qdet" --arch resnet18 --size 128 --iters 200 \
   --batch-size 4 --fpn-channels 64 --precise-bn-iters 20 --workers 1 \
   $(for m in byol detcon-b orl univip; do echo --weights $m="$OUT/q30/$m/last.pth"; done) | tee "$OUT/qdet.md"
+
+echo "== MCL step cost vs BYOL (issue 18): 224 px, ResNet-18, batch 32; where the time goes; FLOPs"
+$PY benchmarks/step_cost.py --images $T --arch resnet18 --image-size 224 --batch-size 32 --steps 3 --warmup 1 \
+  --repeats 2 --mcl --json "$OUT/mcl_step_cost.json" | tee "$OUT/mcl_step_cost.md"
+$PY benchmarks/mcl_cost.py --images $T --arch resnet18 --image-size 224 --batch-size 32 --steps 3 --warmup 1 \
+  --repeats 2 --json "$OUT/mcl_cost.json" | tee "$OUT/mcl_cost.md"
+$PY benchmarks/mcl_cost.py --flops --arch resnet18 --image-size 224 --batch-size 32 | tee "$OUT/mcl_flops_r18.md"
+$PY benchmarks/mcl_cost.py --flops --arch resnet50 --image-size 224 --batch-size 128 | tee "$OUT/mcl_flops_r50.md"
+
+echo "== MCL ablations at CPU scale (issue 18): levels 3 vs 4 and loss modes a-d, four seeds, paired to mcl"
+for s in 0 1 2 3; do
+  $PY benchmarks/quality.py --data $Q --out "$OUT/qmcl-s$s" --seed $s --epochs ${MCL_EPOCHS:-15} --arch resnet18 \
+    --image-size 64 --batch-size 64 --methods byol,mcl,mcl-l3,mcl-mode-b,mcl-mode-c,mcl-mode-d \
+    --probes objects/linear,objects/knn,multilabel/linear --heldout 0.3 | tee "$OUT/qmcl-s$s.md"
+done
+$PY benchmarks/seeds.py "$OUT"/qmcl-s{0,1,2,3} --base mcl | tee "$OUT/qmcl-seeds.md"

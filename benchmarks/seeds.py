@@ -8,7 +8,7 @@ matched by their method name. Prints a markdown table (mean ± sample sd, n seed
 row but the first, the mean paired difference to the first row (random init) with its standard
 error: the seeds pair the rows (the same seed draws the random init, the pretraining run and the
 probes' classifiers). ``--base NAME`` takes the differences to that row instead (e.g. ``--base mocov2``
-for RegionCL-M against its base).
+for RegionCL-M against its base, ``--base mcl`` for MCL's ablation variants).
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ paper's 3–5 cells; on smaller grids C_U = min(5, grid − 1), C_L = min(3, C_U
 
     python benchmarks/step_cost.py --images bench-data/train.json --regioncl --arch resnet50 \
         --image-size 224 --batch-size 32
+
+``--mcl`` adds MCL (issue 18: 172 montages per view per 128 images, expected about 1.3–1.5× BYOL;
+its batch must be a multiple of 32), ``--mcl-set KEY=VALUE`` an MCL setting (e.g. head_windows=all
+for the authors' head-on-every-window); ``benchmarks/mcl_cost.py`` says where MCL's time goes.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ def main() -> None:
     ap.add_argument("--masks", help="label maps for DetCon (sslkit propose --algo felzenszwalb)")
     ap.add_argument("--orl-views", help="ORL pairs (sslkit sample-views -m orl)")
     ap.add_argument("--univip-views", help="UniVIP candidates (sslkit sample-views -m univip)")
+    ap.add_argument("--mcl", action="store_true", help="add MCL (needs a batch that is a multiple of 32)")
+    ap.add_argument("--mcl-set", action="append", default=[], metavar="KEY=VALUE", help="an MCL setting (repeatable)")
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -95,6 +101,10 @@ def main() -> None:
             methods[base] = {}
             methods[variant] = cells
             base_of[variant] = base
+    if args.mcl:
+        from sslkit.config import parse_set
+
+        methods["mcl"] = parse_set(args.mcl_set)
     dev = torch.device(args.device)
     amp = Amp(args.precision, args.device)
     built = {}

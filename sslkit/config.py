@@ -33,7 +33,7 @@ class Key:
     runtime: bool = False  # may change when resuming
     optional: bool = False  # None is a valid value
     path: bool = False  # a file or folder: made absolute (and checked) when resolved
-    item: type = int  # the element type of a list key (int or float)
+    item: type = int  # the element type of a list key (int, float or str)
 
 
 def load_config_file(path: str | os.PathLike) -> dict:
@@ -109,7 +109,7 @@ def coerce(name: str, key: Key, value: Any, where: str) -> Any:
     except (ValueError, TypeError, AttributeError):
         what = key.kind.__name__
         if key.kind is list:
-            what = f"comma-separated list of {'integers' if key.item is int else 'numbers'}"
+            what = f"comma-separated list of {dict([(int, 'integers'), (float, 'numbers')]).get(key.item, 'names')}"
         raise UserError(f"{name}={value!r} is not a valid {what}", where) from None
     if key.choices and out not in key.choices:
         raise UserError(f"{name}={out!r} is not one of {', '.join(map(str, key.choices))}", where)

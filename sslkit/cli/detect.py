@@ -24,6 +24,9 @@ images. See docs/detect.md.
 
 Reads WEIGHTS (a training checkpoint, an export .pth / detectron2 .pkl, or
 'random' with --arch) and two COCO instances jsons (polygon or RLE masks).
+Weights that also hold a pretrained FPN and box-head convs (MCL; sslkit
+export --include chooses) initialise those too, at their width; the log
+names the parts that came from the weights.
 Writes RUN_DIR/config.yaml, last.pth (rerunning the command resumes it),
 log.jsonl, tb/, metrics.json (bbox and segm AP, AP50, AP75, APs/m/l,
 per-category AP; also -o FILE / --json), predictions.json with

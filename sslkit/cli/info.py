@@ -77,6 +77,7 @@ def _arch_or_reason(sd) -> str:
 def describe_weights(path: Path) -> dict:
     from sslkit.io.checkpoint import load_weights_file
     from sslkit.models import convert
+    from sslkit.models import parts as P
 
     kind, obj = load_weights_file(path)
     if kind == "checkpoint":
@@ -87,6 +88,7 @@ def describe_weights(path: Path) -> dict:
             "sslkit_version": obj.get("sslkit_version"), "method": obj.get("method"), "arch": cfg.get("arch"),
             "epoch": obj.get("epoch"), "step": obj.get("step"), "command": obj.get("command"),
             "encoders": obj.get("encoders"), "default_encoder": obj.get("default_encoder"),
+            **({"parts": obj["parts"]} if obj.get("parts") else {}),
             "num_tensors": len(model), "num_parameters": int(sum(v.numel() for v in model.values() if v.is_floating_point())),
             "has": {k: obj.get(k) is not None for k in ("optimizer", "scaler", "scheduler", "ema", "rng")},
             "config": obj.get("config"),
@@ -95,8 +97,14 @@ def describe_weights(path: Path) -> dict:
             d["metrics"] = obj["metrics"]
         return d
     if kind == "state_dict":
-        sd = obj
-        d = {"file": str(path), "kind": "torchvision state_dict", "arch": _arch_or_reason(
+        sd, parts = obj, {}
+        if P.is_detection_layout(sd):
+            try:
+                sd, parts = P.split_detection_layout(sd)
+            except P.PartError:
+                pass
+        d = {"file": str(path), "kind": "torchvision state_dict" + (" (detection layout)" if parts else ""),
+             **({"parts": sorted(parts)} if parts else {}), "arch": _arch_or_reason(
                 {k: v for k, v in sd.items() if not k.startswith("fc.")}),
              "num_tensors": len(sd), "num_parameters": int(sum(v.numel() for v in sd.values() if v.is_floating_point()))}
         side = convert.read_sidecar(path)
@@ -105,16 +113,18 @@ def describe_weights(path: Path) -> dict:
             d["export"] = side
         elif convert.sidecar_path(path).exists():
             d["sidecar"] = f"{convert.sidecar_path(path).name} does not describe this file (not an export record, or its sha256 differs); ignored"
-        d["first_keys"] = list(sd)[:5]
+        d["first_keys"] = list(obj)[:5]
         return d
     model = obj["model"]
+    rest, parts = P.split_detectron2(model)
     try:
-        arch = _arch_or_reason(convert.detectron2_to_torchvision(model))
+        arch = _arch_or_reason(convert.detectron2_to_torchvision(rest))
     except convert.KeyMapError as e:
         arch = f"not a bare detectron2 ResNet backbone ({e})"
     d = {"file": str(path), "kind": "detectron2 weights (.pkl)", "arch": arch, "num_arrays": len(model),
          "num_parameters": int(sum(np.asarray(v).size for v in model.values())),
-         "matching_heuristics": obj.get("matching_heuristics"), "author": obj.get("__author__")}
+         "matching_heuristics": obj.get("matching_heuristics"), "author": obj.get("__author__"),
+         **({"parts": sorted(parts)} if parts else {})}
     for k in ("pixel_mean", "pixel_std", "input_format"):
         if k in obj:
             d[k] = obj[k]

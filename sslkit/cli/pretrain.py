@@ -27,6 +27,7 @@ Examples:
   sslkit pretrain coco/train2017 --method byol --out runs/byol
   sslkit pretrain imgs/ -m simclr -o runs/s --batch-size 512 --gpus 8 --precision bf16
   sslkit pretrain imgs/ -m mocov2 -o runs/m --procs 2 --arch resnet18 --image-size 96
+  sslkit pretrain coco/train2017 -m mcl -o runs/mcl --gpus 8     # backbone + FPN + box head
   sslkit pretrain imagenet/train -m regioncl-m -o runs/rclm --gpus 8
   sslkit pretrain imgs/ -m regioncl-s -o runs/rcls --set regioncl_cells_max=4
   torchrun --nproc-per-node 8 -m sslkit pretrain imgs/ -m byol -o runs/b

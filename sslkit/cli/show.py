@@ -23,6 +23,10 @@ coco_instances_results.json): masks, boxes and scores >= 0.5 (--top K: the K
 best), or the ground truth with --field gt; --images VAL.json names the images.
 
 \b
+MCL montages (sslkit sample-views -m mcl): one step's montages, 4 levels x 2
+views, tiles outlined, the batch slot on each tile, --image's tiles in yellow.
+
+\b
 Reads the artefact and its images (found through the source recorded in the
 artefact; --images FOLDER|COCO.json if they moved). Writes -o PNG: one image at
 its original size, or with --grid K a contact sheet of K images spread evenly
@@ -36,6 +40,7 @@ Examples:
   sslkit show masks.h5 --image 139 --views detcon-b -o views.png
   sslkit show swaps.h5 --image 0 -o swap.png
   sslkit show runs/det/predictions.json --image 139 -o det.png
+  sslkit show montage.h5 --image 0 -o m.png
 """
 
 

@@ -38,6 +38,7 @@ ENGINE_KEYS: dict[str, Key] = {
     "warmup_epochs": Key(0.0, float, "linear lr warm-up length (epochs)"),
     "warmup_start_factor": Key(1e-4, float, "warm-up starts at this fraction of the peak lr"),
     "min_lr": Key(0.0, float, "cosine schedule end value (absolute)"),
+    "grad_clip": Key(0.0, float, "clip the gradients' global L2 norm to this before each step (0: off)"),
     "blur_reference_size": Key(None, int, "rescale the Gaussian-blur σ range (given for views of this side, "
                                "e.g. 224) to each view's side; unset: σ in pixels as the papers give it",
                                optional=True),
@@ -115,7 +116,7 @@ def validate(cfg: dict) -> None:
     if cfg["batch_size"] // cfg["world_size"] < 2:
         raise UserError("each rank needs at least 2 images per batch for BatchNorm", None,
                         "raise --batch-size or use fewer ranks")
-    for name in ("lr", "weight_decay", "warmup_epochs", "min_lr"):
+    for name in ("lr", "weight_decay", "warmup_epochs", "min_lr", "grad_clip"):
         if cfg[name] < 0:
             raise UserError(f"{name} must be >= 0 (got {cfg[name]})")
     if not 0.0 <= cfg["warmup_start_factor"] <= 1.0:

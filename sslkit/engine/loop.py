@@ -69,17 +69,20 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float | Sequence[float]) -> Non
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, amp: Amp, loss: torch.Tensor,
-                   grad_clip: float | None = None) -> None:
+                   grad_clip: float | None = None) -> torch.Tensor | None:
     """zero_grad → backward (scaled for fp16) → clip the global L2 norm of the gradients to
-    ``grad_clip`` (after unscaling) → step."""
+    ``grad_clip`` (after unscaling) → step. Returns the norm before clipping when clipping, except with
+    fp16, whose skipped overflow steps have an infinite norm (it would stop the run as non-finite)."""
     optimizer.zero_grad(set_to_none=True)
     amp.scaler.scale(loss).backward()
+    norm = None
     if grad_clip:
         amp.scaler.unscale_(optimizer)
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        nn.utils.clip_grad_norm_(params, grad_clip)
+        norm = nn.utils.clip_grad_norm_(params, grad_clip)
     amp.scaler.step(optimizer)
     amp.scaler.update()
+    return None if amp.scaler.is_enabled() else norm
 
 
 def train_step(module: nn.Module, model, optimizer: torch.optim.Optimizer, amp: Amp, batch, lr: float,
@@ -90,7 +93,9 @@ def train_step(module: nn.Module, model, optimizer: torch.optim.Optimizer, amp: 
     set_lr(optimizer, lr)
     with amp.autocast():
         out = module(batch)
-    optimizer_step(optimizer, amp, out["loss"], grad_clip)
+    norm = optimizer_step(optimizer, amp, out["loss"], grad_clip)
+    if norm is not None:
+        out = {**out, "grad_norm": norm}
     return out, model.on_after_step(step, total_steps)
 
 
@@ -144,7 +149,9 @@ class Loop:
         with self.amp.autocast():
             out = self.forward(batch)
         if out is not None:
-            optimizer_step(self.optimizer, self.amp, out["loss"], self.grad_clip)
+            norm = optimizer_step(self.optimizer, self.amp, out["loss"], self.grad_clip)
+            if norm is not None:
+                out = {**out, "grad_norm": norm}
         self.extra = self.after_step(self.step, self.total) if self.after_step is not None else {}
         return out
 

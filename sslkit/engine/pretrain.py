@@ -165,6 +165,7 @@ def _train(cfg: dict, opts: RunOptions, info: dist.DistInfo) -> dict | None:
             "command": opts.command, "method": cfg["method"], "config": cfg,
             "epoch": s // spe, "step": s,
             "model": model.state_dict(), "encoders": model.encoders(), "default_encoder": model.default_encoder,
+            "parts": model.export_parts(),
             "optimizer": optimizer.state_dict(),
             "scaler": amp.scaler.state_dict() if amp.scaler.is_enabled() else None,
             "scheduler": {**schedule.state_dict(), "step": s},

@@ -8,6 +8,7 @@ from sslkit.methods.base import Method
 from sslkit.methods.byol import BYOL
 from sslkit.methods.densecl import DenseCL
 from sslkit.methods.detcon import DetConB, DetConS
+from sslkit.methods.mcl import MCL
 from sslkit.methods.mocov2 import MoCoV2
 from sslkit.methods.orl import ORL
 from sslkit.methods.regioncl import RegionCLD, RegionCLM, RegionCLS
@@ -16,7 +17,7 @@ from sslkit.methods.simsiam import SimSiam
 from sslkit.methods.univip import UniVIP
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
-    BYOL, MoCoV2, SimCLR, SimSiam, DenseCL, DetConS, DetConB, ORL, UniVIP, RegionCLM, RegionCLS, RegionCLD)}
+    BYOL, MoCoV2, SimCLR, SimSiam, DenseCL, DetConS, DetConB, ORL, UniVIP, MCL, RegionCLM, RegionCLS, RegionCLD)}
 
 
 def get_method(name: str) -> type[Method]:

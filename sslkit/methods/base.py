@@ -11,6 +11,12 @@ A method is an ``nn.Module`` built from the resolved config. It owns
 * :meth:`encoders`, ``{name: state_dict prefix}`` of every backbone in ``state_dict()`` that can be
   exported (e.g. BYOL's online and target networks), and ``default_encoder``;
 * optionally :meth:`param_groups`, its own optimizer groups (e.g. SimSiam's fixed-lr predictor);
+* optionally :meth:`export_parts`, detector parts it pretrains beside an encoder's backbone
+  (``{encoder: {part: state_dict prefix}}``; MCL: ``fpn`` and the box ``head`` convs). ``sslkit
+  export --include`` picks among them (default: the backbone and every part), and ``detect``
+  initialises its FPN / box head from them. A part has a fixed layout: ``fpn`` is
+  :class:`sslkit.models.fpn.FPN`, ``head`` is :func:`sslkit.models.heads.box_head_convs` with 4 convs
+  (key maps: :mod:`sslkit.models.parts`);
 * class-level ``DEFAULTS`` (its hyper-parameters, overriding the engine's defaults where they
   differ, e.g. optimizer and lr) with ``HELP`` for its own keys, and :meth:`make_transform`, the
   view pipeline for one decoded image;
@@ -78,6 +84,10 @@ class Method(nn.Module, abc.ABC):
         trainable parameter once, or None (the default: the optimizer's own grouping). A group with
         ``fixed_lr`` keeps the peak lr (the schedule's base value) instead of following the schedule."""
         return None
+    def export_parts(self) -> dict[str, dict[str, str]]:
+        """Exportable detector parts per encoder, ``{encoder: {part: state_dict prefix}}``; parts are
+        ``fpn`` and ``head`` (see the module docstring). Saved in every checkpoint as ``parts``."""
+        return {}
 
     def ema_state(self) -> dict | None:
         """The checkpoint's ``ema`` entry: the momentum schedule and which module follows which, or None."""

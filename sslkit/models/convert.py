@@ -33,6 +33,7 @@ import torch
 
 from sslkit.errors import FormatError, UserError
 from sslkit.io.images import IMAGENET_MEAN, IMAGENET_STD
+from sslkit.models import parts as P
 
 #: ImageNet statistics every sslkit pipeline normalises with (RGB, pixel values in [0, 1])
 PIXEL_MEAN, PIXEL_STD = IMAGENET_MEAN, IMAGENET_STD
@@ -230,8 +231,9 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def detectron2_config(arch: str, weights: str | None = None) -> str:
-    """The detectron2 config lines (YAML) that use an exported ``arch`` backbone correctly."""
+def detectron2_config(arch: str, weights: str | None = None, parts: tuple[str, ...] = (), width: int = 256) -> str:
+    """The detectron2 config lines (YAML) that use an exported ``arch`` backbone correctly (and, with
+    ``parts``, its FPN / 4-conv box head of ``width`` channels, both with BN)."""
     depth = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152,
              "resnext50_32x4d": 50, "resnext101_32x8d": 101, "resnext101_64x4d": 101,
              "wide_resnet50_2": 50, "wide_resnet101_2": 101}.get(arch)
@@ -249,6 +251,11 @@ def detectron2_config(arch: str, weights: str | None = None) -> str:
         lines.append("    RES2_OUT_CHANNELS: 64")
     if (groups, width) != (1, 64):
         lines += [f"    NUM_GROUPS: {groups}", f"    WIDTH_PER_GROUP: {width}"]
+    if "fpn" in parts:
+        lines += ["  FPN:", f"    OUT_CHANNELS: {width}", '    NORM: "SyncBN"  # the exported FPN has BN in every conv']
+    if "head" in parts:
+        lines += ["  ROI_BOX_HEAD:", '    NAME: "FastRCNNConvFCHead"', "    NUM_CONV: 4", "    NUM_FC: 1",
+                  f"    CONV_DIM: {width}", '    NORM: "SyncBN"']
     lines += ["INPUT:", '  FORMAT: "RGB"']
     return "\n".join(lines)
 
@@ -287,13 +294,25 @@ def backbone_state_dict(weights: str | os.PathLike, encoder: str | None = None,
     prefix stripped; metadata from its ``.json`` sidecar when it matches) or a detectron2
     ``.pkl``.  The result is checked key by key and shape by shape against the architecture
     (from the checkpoint's config, the sidecar, ``arch``, or inferred from the shapes).
+    Detector parts beside the backbone (:mod:`sslkit.models.parts`) are named in ``meta["parts"]``;
+    :func:`weights_state_dicts` returns their tensors too.
     """
+    sd, _, meta = weights_state_dicts(weights, encoder, arch)
+    return sd, meta
+
+
+def weights_state_dicts(weights: str | os.PathLike, encoder: str | None = None,
+                        arch: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, dict], dict]:
+    """:func:`backbone_state_dict` plus the detector parts the file holds for that encoder:
+    ``(backbone, {part: part state_dict}, meta)``, each part checked against the detector's layout
+    (``meta["parts"]``: their names; ``meta["fpn_channels"]``: their width)."""
     from sslkit.io.checkpoint import load_weights_file
 
     path = Path(weights)
     kind, obj = load_weights_file(path)
     meta: dict = {"source": str(path), "kind": kind, "sha256": file_sha256(path), "notes": []}
     declared = None
+    parts: dict[str, dict] = {}
     if kind == "checkpoint":
         encoders = obj.get("encoders")
         if not isinstance(encoders, dict) or not encoders:
@@ -308,6 +327,8 @@ def backbone_state_dict(weights: str | os.PathLike, encoder: str | None = None,
         sd = {k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}
         if not sd:
             raise FormatError(f"encoder {name!r} (prefix {prefix!r}) has no tensors in 'model'", path)
+        for part, pre in ((obj.get("parts") or {}).get(name) or {}).items():
+            parts[part] = {k[len(pre):]: v for k, v in model.items() if k.startswith(pre)}
         cfg = obj.get("config") or {}
         declared = cfg.get("arch")
         meta.update(method=obj.get("method"), encoder=name, encoders=list(encoders), epoch=obj.get("epoch"),
@@ -316,6 +337,11 @@ def backbone_state_dict(weights: str | os.PathLike, encoder: str | None = None,
         if encoder is not None:
             raise UserError("--encoder only applies to a training checkpoint; this file holds one backbone", path)
         sd = _strip_module_prefix(obj)
+        if P.is_detection_layout(sd):  # an export with detector parts (backbone.body., backbone.fpn., …)
+            try:
+                sd, parts = P.split_detection_layout(sd)
+            except P.PartError as e:
+                raise FormatError(str(e), path) from e
         if "conv1.weight" not in sd:
             prefixes = sorted(k[: -len("layer1.0.conv1.weight")] for k in sd if k.endswith(".layer1.0.conv1.weight"))
             if prefixes:
@@ -336,7 +362,8 @@ def backbone_state_dict(weights: str | os.PathLike, encoder: str | None = None,
         if encoder is not None:
             raise UserError("--encoder only applies to a training checkpoint; this file holds one backbone", path)
         try:
-            sd = detectron2_to_torchvision(obj["model"])
+            rest, parts = P.split_detectron2(obj["model"])
+            sd = detectron2_to_torchvision(rest)
         except KeyMapError as e:
             raise FormatError(str(e), path, "only a bare ResNet backbone .pkl (e.g. from 'sslkit export') can be read") from e
         if obj.get("input_format", "RGB") != "RGB":
@@ -356,9 +383,19 @@ def backbone_state_dict(weights: str | os.PathLike, encoder: str | None = None,
             check_against_arch(sd, arch)
     except KeyMapError as e:
         raise FormatError(str(e), path, "every backbone tensor must be present and named as in torchvision") from e
+    widths = {}
+    for part, psd in parts.items():
+        try:
+            widths[part] = P.check_part(part, psd)
+        except P.PartError as e:
+            raise FormatError(str(e), path) from e
+    if len(set(widths.values())) > 1:
+        raise FormatError(f"its FPN and box head differ in width ({widths})", path)
     meta.update(arch=arch, backbone_sha256=backbone_digest(sd), pixel_mean=list(PIXEL_MEAN),
-                pixel_std=list(PIXEL_STD), input_format="RGB")
-    return sd, meta
+                pixel_std=list(PIXEL_STD), input_format="RGB", parts=sorted(parts))
+    if widths:
+        meta["fpn_channels"] = next(iter(widths.values()))
+    return sd, parts, meta
 
 
 def load_backbone(weights: str | os.PathLike, arch: str | None = None, encoder: str | None = None,

@@ -6,6 +6,7 @@
   the pairs drawn (default: all of that neighbour's pairs, ``max(1, int(0.1·B_q))``).
 * ``univip-candidates``: drawn by :func:`sslkit.viz.univip.render`.
 * ``regioncl-swaps``: drawn by :func:`sslkit.viz.regioncl.render`.
+* ``mcl-montages``: one step's MCL montages, drawn by :func:`sslkit.viz.mcl.render`.
 
 The neighbour image is read from the image folder ``show`` resolved (``--images`` or the
 source recorded in the file).
@@ -26,6 +27,7 @@ KINDS = {
     "orl-pairs": "sslkit.viz.views:render_orl_pairs",
     "univip-candidates": "sslkit.viz.univip:render",
     "regioncl-swaps": "sslkit.viz.regioncl:render",
+    "mcl-montages": "sslkit.viz.mcl:render",
 }
 
 

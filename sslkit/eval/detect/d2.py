@@ -4,7 +4,8 @@ sslkit writes two files into ``RUN_DIR`` and hands over to detectron2's ``Defaul
 ``tools/train_net.py`` runs), launched with ``detectron2.engine.launch``:
 
 * ``backbone_d2.pkl`` — the backbone renamed to detectron2's ResNet keys
-  (:func:`sslkit.models.convert.torchvision_to_detectron2`), ``matching_heuristics`` on;
+  (:func:`sslkit.models.convert.torchvision_to_detectron2`), ``matching_heuristics`` on, plus the
+  pretrained FPN / box-head convs when the weights hold them (``fpn_lateral*``, ``box_head.conv*``);
 * ``d2_config.yaml`` — a self-contained config (no ``_BASE_``; every key exists in
   ``detectron2.config.get_cfg()``): PyContrast's ``R_50_FPN_1x_infomin.yaml`` (Mask R-CNN R-FPN,
   ``FREEZE_AT 0``, SyncBN in backbone/FPN/box head/mask head, 4conv1fc, Precise BN, RGB input
@@ -68,8 +69,9 @@ def config_dict(cfg: dict, weights_pkl: str, output_dir: str, num_gpus: int) -> 
         "ROI_HEADS": {"NAME": "StandardROIHeads", "IN_FEATURES": ["p2", "p3", "p4", "p5"],
                       "NUM_CLASSES": len(r["categories"])},
         "ROI_BOX_HEAD": {"NAME": "FastRCNNConvFCHead", "NUM_CONV": 4, "NUM_FC": 1, "NORM": norm,
-                         "POOLER_RESOLUTION": 7},
-        "ROI_MASK_HEAD": {"NAME": "MaskRCNNConvUpsampleHead", "NUM_CONV": 4, "NORM": norm, "POOLER_RESOLUTION": 14},
+                         "CONV_DIM": cfg["fpn_channels"], "POOLER_RESOLUTION": 7},
+        "ROI_MASK_HEAD": {"NAME": "MaskRCNNConvUpsampleHead", "NUM_CONV": 4, "NORM": norm,
+                          "CONV_DIM": cfg["fpn_channels"], "POOLER_RESOLUTION": 14},
     })
     model["RESNETS"].update({"NORM": norm, "OUT_FEATURES": ["res2", "res3", "res4", "res5"]})
     return {
@@ -109,9 +111,15 @@ def write_backbone_pkl(cfg: dict, path: Path) -> None:
     """The run's backbone (the weights file, or the seeded random init) as a detectron2 .pkl."""
     from sslkit.io.checkpoint import save_detectron2_pkl
     from sslkit.models import convert as C
+    from sslkit.models.parts import to_detectron2
 
     net, meta = C.load_backbone(cfg["weights"], arch=cfg["arch"], encoder=cfg["encoder"], seed=cfg["seed"])
-    save_detectron2_pkl(path, C.torchvision_to_detectron2(net.state_dict()), extra={
+    model = C.torchvision_to_detectron2(net.state_dict())
+    if cfg.get("init_parts"):  # a pretrained FPN / box head (MCL): fpn_lateral*, fpn_output*, box_head.conv*
+        _, parts, _ = C.weights_state_dicts(cfg["weights"], encoder=cfg["encoder"], arch=cfg["arch"])
+        for part in cfg["init_parts"]:
+            model.update(to_detectron2(part, parts[part]))
+    save_detectron2_pkl(path, model, extra={
         # bare ResNet names: detectron2 matches them as suffixes of backbone.bottom_up.*
         "matching_heuristics": True, "input_format": "RGB",
         "pixel_mean": list(C.PIXEL_MEAN_255), "pixel_std": list(C.PIXEL_STD_255),

@@ -153,3 +153,43 @@ def optimizer_param_groups(model: nn.Module, weight_decay: float, weight_decay_n
     if norm:
         groups.append({"params": norm, "weight_decay": weight_decay_norm, "name": "norm"})
     return groups
+
+
+#: what each pretrained part initialises in the detector, for the log
+PART_NAMES = {"fpn": "FPN (lateral + output convs with BN)", "head": "box-head convs 1-4 (with BN)"}
+
+
+def parts_settings(meta: dict, given: dict) -> dict:
+    """The detect settings a weights file's detector parts imply: ``init_parts`` (the parts it holds)
+    and, when it holds any, ``fpn_channels`` (their width; a different ``--fpn-channels`` is an error)."""
+    from sslkit.errors import UserError
+
+    parts = list(meta.get("parts") or [])
+    if not parts:
+        return {"init_parts": []}
+    width = int(meta["fpn_channels"])
+    if given.get("fpn_channels") not in (None, width):
+        raise UserError(f"--fpn-channels {given['fpn_channels']} contradicts the weights, whose "
+                        f"{' and '.join(parts)} are {width} channels wide", meta.get("source"),
+                        "drop --fpn-channels, or export the backbone only (sslkit export --include backbone)")
+    return {"init_parts": parts, "fpn_channels": width}
+
+
+def load_parts(model: MaskRCNN, parts: dict[str, dict]) -> str:
+    """Initialise the detector's FPN / the 4 convs of its box head from pretrained ``parts``
+    (:mod:`sslkit.models.parts` layouts), every key and shape checked; returns a log line of what
+    came from the weights and what starts from scratch."""
+    from sslkit.errors import FormatError
+
+    targets = {"fpn": model.backbone.fpn, "head": nn.Sequential(*list(model.roi_heads.box_head)[:4])}
+    for part, sd in parts.items():
+        try:
+            targets[part].load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            detail = " ".join(str(e).split())[:300]
+            raise FormatError(f"the pretrained {part} does not fit the detector ({detail})", None,
+                              "export matching weights (sslkit export --include) or use --include backbone") from e
+    loaded = ["backbone"] + [PART_NAMES[p] for p in ("fpn", "head") if p in parts]
+    scratch = [n for p, n in (("fpn", "FPN"), ("head", "box-head convs")) if p not in parts]
+    scratch += ["RPN", "box fc + predictor", "mask head"]
+    return f"initialised from the weights: {', '.join(loaded)}; from scratch: {', '.join(scratch)}"

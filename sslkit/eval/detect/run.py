@@ -18,6 +18,7 @@ from sslkit.engine.rundir import LAST, make_run_dir, plan
 from sslkit.errors import UserError
 from sslkit.eval.detect import settings as S
 from sslkit.eval.detect import train as T
+from sslkit.eval.detect.model import parts_settings
 from sslkit.io.atomic import write_text_atomic
 from sslkit.io.lock import exclusive
 from sslkit.models.convert import backbone_state_dict, load_backbone
@@ -85,6 +86,8 @@ def run_detect(weights: str | None, out: Path, layers: list[tuple[str, dict]], *
                 raise UserError(f"--{key} COCO_JSON is required")
         meta = backbone_meta(weights, cfg["arch"], cfg["encoder"], cfg["seed"])
         cfg.update(weights=meta["source"], arch=meta["arch"], backbone_sha256=meta["backbone_sha256"])
+        given = {k: v for _, layer in layers for k, v in layer.items()}
+        cfg.update(parts_settings(meta, given))  # a pretrained FPN / box head (MCL): loaded, and its width
         for note in meta.get("notes", []):
             if not quiet:
                 warn(note)

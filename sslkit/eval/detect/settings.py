@@ -42,6 +42,8 @@ KEYS: dict[str, Key] = {
     "freeze_at": Key(0, int, "frozen backbone parts: 0 none, 1 stem, 2 +res2, … 5 all"),
     "fpn_channels": Key(256, int, "FPN/head width (box fc: 4×)"),
     "precise_bn_iters": Key(None, int, "batches for Precise BN before evaluation (0: off)", optional=True),
+    "init_parts": Key(None, list, "detector parts (fpn, head) initialised from the weights beside the backbone "
+                      "(set from the weights file: an MCL export holds both)", optional=True, item=str),
     "seed": Key(0, int, "seed of the heads' init, data order, flips"),
     # runtime: may differ between a run and its resumption
     "device": Key("cpu", str, "cpu or cuda (set from --device/--gpus/--procs)", choices=("cpu", "cuda"),

@@ -69,22 +69,28 @@ class DetectOptions:
     command: str = ""
 
 
-def build_model(cfg: dict, fresh_backbone: bool) -> nn.Module:
-    """The detector of ``cfg``; the backbone from the weights file, or random when a checkpoint will replace it."""
-    from sslkit.eval.detect.model import build_mask_rcnn
+def build_model(cfg: dict, fresh_backbone: bool) -> tuple[nn.Module, str]:
+    """The detector of ``cfg``; the backbone (and the ``init_parts``: FPN, box-head convs) from the weights
+    file, or random when a checkpoint will replace them. Returns it and a log line of what was loaded."""
+    from sslkit.eval.detect.model import build_mask_rcnn, load_parts
     from sslkit.models.backbones import build_backbone
-    from sslkit.models.convert import PIXEL_MEAN, PIXEL_STD, load_backbone
+    from sslkit.models.convert import PIXEL_MEAN, PIXEL_STD, load_backbone, weights_state_dicts
 
+    parts: dict = {}
     if fresh_backbone:
         net, _ = load_backbone(cfg["weights"], arch=cfg["arch"], encoder=cfg["encoder"], seed=cfg["seed"])
+        if cfg.get("init_parts"):
+            _, found, _ = weights_state_dicts(cfg["weights"], encoder=cfg["encoder"], arch=cfg["arch"])
+            parts = {p: found[p] for p in cfg["init_parts"]}
     else:
         net = build_backbone(cfg["arch"])
     r = cfg["resolved"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg["seed"])
-        return build_mask_rcnn(net, len(r["categories"]), train_sizes=tuple(r["train_sizes"]),
-                               test_size=r["test_size"], max_size=cfg["max_size"], fpn_channels=cfg["fpn_channels"],
-                               freeze_at=cfg["freeze_at"], pixel_mean=PIXEL_MEAN, pixel_std=PIXEL_STD)
+        model = build_mask_rcnn(net, len(r["categories"]), train_sizes=tuple(r["train_sizes"]),
+                                test_size=r["test_size"], max_size=cfg["max_size"], fpn_channels=cfg["fpn_channels"],
+                                freeze_at=cfg["freeze_at"], pixel_mean=PIXEL_MEAN, pixel_std=PIXEL_STD)
+    return model, (load_parts(model, parts) if fresh_backbone and cfg["weights"] != "random" else "")
 
 
 def describe_model(cfg: dict, synced: bool) -> dict:
@@ -92,6 +98,7 @@ def describe_model(cfg: dict, synced: bool) -> dict:
     return {"meta_architecture": "Mask R-CNN (torchvision)", "backbone": f"{cfg['arch']}-FPN",
             "freeze_at": cfg["freeze_at"], "norm": {"backbone": norm, "fpn": norm, "box_head": norm, "mask_head": norm},
             "fpn_channels": cfg["fpn_channels"], "rpn_head": "1 conv (StandardRPNHead)",
+            "initialised_from_weights": ["backbone", *(cfg.get("init_parts") or [])],
             "box_head": f"4conv1fc ({cfg['fpn_channels']} ch, fc {4 * cfg['fpn_channels']})",
             "mask_head": "4conv + deconv, 28x28", "roi_align": "aligned (ROIAlignV2), adaptive sampling",
             "anchors": "32-512, ratios 0.5/1/2", "train_sizes": cfg["resolved"]["train_sizes"],
@@ -180,7 +187,9 @@ def _run(cfg: dict, opts: DetectOptions, info: dist.DistInfo) -> dict | None:
                         f"the json now gives {len(usable)}", cfg["train"], "resume with the same data or start a new --out")
 
     torch.manual_seed(cfg["seed"])  # the model's own draws: training sizes, RPN/RoI sampling (restored on resume)
-    model = build_model(cfg, fresh_backbone=opts.resume_from is None)
+    model, loaded = build_model(cfg, fresh_backbone=opts.resume_from is None)
+    if loaded:
+        _say(main and not opts.quiet, loaded)
     synced = cfg["norm"] == "syncbn" and cfg["device"] == "cuda" and world > 1
     if synced:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
