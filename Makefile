@@ -42,8 +42,8 @@ DEMO_TRAIN := --arch resnet18 --image-size 96 --batch-size 32 --epochs 3 --warmu
 demo: setup
 	$(SSLKIT) demo-data $(DEMO)
 	@mkdir -p $(RUNS)
-	$(SSLKIT) propose $(DEMO)/train.json --algo selective-search -o $(RUNS)/props_ss.h5 -q
-	$(SSLKIT) propose $(DEMO)/train.json --algo felzenszwalb -o $(RUNS)/masks_fh.h5 -q
+	$(SSLKIT) propose $(DEMO)/train.json --algo selective-search -o $(RUNS)/props_ss.h5 -q --overwrite
+	$(SSLKIT) propose $(DEMO)/train.json --algo felzenszwalb -o $(RUNS)/masks_fh.h5 -q --overwrite
 	$(SSLKIT) info $(RUNS)/props_ss.h5
 	$(SSLKIT) show $(RUNS)/props_ss.h5 --grid 9 -o $(RUNS)/props_ss.png
 	$(SSLKIT) show $(RUNS)/masks_fh.h5 --grid 9 -o $(RUNS)/masks_fh.png
@@ -51,8 +51,8 @@ demo: setup
 	$(SSLKIT) pretrain $(DEMO)/train.json -m byol -o $(RUNS)/byol $(DEMO_TRAIN)
 	$(SSLKIT) pretrain $(DEMO)/train.json -m detcon-b --masks $(RUNS)/masks_fh.h5 -o $(RUNS)/detcon_b $(DEMO_TRAIN)
 	$(SSLKIT) plot $(RUNS)/byol $(RUNS)/detcon_b -o $(RUNS)/curves.png
-	$(SSLKIT) export $(RUNS)/detcon_b/last.pth -o $(RUNS)/detcon_b.pth
-	$(SSLKIT) export $(RUNS)/detcon_b.pth -o $(RUNS)/detcon_b.pkl
+	$(SSLKIT) export $(RUNS)/detcon_b/last.pth -o $(RUNS)/detcon_b.pth --overwrite
+	$(SSLKIT) export $(RUNS)/detcon_b.pth -o $(RUNS)/detcon_b.pkl --overwrite
 	$(SSLKIT) linprobe $(RUNS)/detcon_b.pth --train $(DEMO)/train.json --val $(DEMO)/val.json --task objects \
 	  --protocol knn --image-size 96 -o $(RUNS)/linprobe_detcon_b.json
 	$(SSLKIT) linprobe random --arch resnet18 --train $(DEMO)/train.json --val $(DEMO)/val.json --task objects \

@@ -3,8 +3,10 @@
 Tests that must kill a job at a precise point (``kill -9`` between two committed chunks, then
 resume) run the real CLI in a subprocess with ``SSLKIT_TEST_KILL_AT=POINT:N`` in its environment;
 the process then SIGKILLs itself when it reaches the named point for the ``N``-th time. Points
-are named by the code that calls :func:`reached`: only :mod:`sslkit.io.chunks` does, with
-``commit:<stage name>`` after each chunk it commits (``commit:propose``, ``commit:orl-pairs``, …).
+are named by the code that calls :func:`reached`, and only two places in the library do:
+:mod:`sslkit.io.chunks`, ``commit:<stage name>`` after each chunk it commits (``commit:propose``,
+``commit:orl-pairs``, …), and :func:`sslkit.io.atomic.commit`, ``rename:<file name>`` between writing
+a file's temporary and renaming it into place (``rename:last.pth``, ``rename:props.h5``, …).
 Without the variable, :func:`reached` does nothing.
 """
 

@@ -155,10 +155,13 @@ w.close()
         Artefact(temps[0])
 
 
-def test_check_output_refuses_other_kinds(tmp_path):
+def test_check_output_refuses_any_existing_file_without_overwrite(tmp_path):
+    """Issue 22: an existing artefact is never replaced silently, even by one of its own kind."""
     p = tmp_path / "a.h5"
     _write(p, _records(1))
-    check_output(p, "sslkit.proposals", overwrite=False)  # same kind: fine
+    with pytest.raises(UserError, match="already exists and is a sslkit.proposals file"):
+        check_output(p, "sslkit.proposals", overwrite=False)
+    check_output(p, "sslkit.proposals", overwrite=True)
     with pytest.raises(UserError, match="already exists and is a sslkit.proposals file"):
         check_output(p, "sslkit.views", overwrite=False)
     other = tmp_path / "notes.txt"

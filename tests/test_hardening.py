@@ -103,7 +103,7 @@ def test_malformed_detectron2_pkl_is_one_line(tmp_path, capsys):
     with open(bad, "wb") as f:
         pickle.dump({"model": {"stem.conv1.weight": "not an array"}}, f)
     assert sslkit("export", bad, "-o", tmp_path / "x.pth") == 2
-    assert "not numeric arrays" in _errline(capsys)
+    assert "not numeric arrays: stem.conv1.weight" in _errline(capsys)
     with open(bad, "wb") as f:
         pickle.dump({"model": ["a", "list"]}, f)
     assert sslkit("export", bad, "-o", tmp_path / "x.pth") == 2

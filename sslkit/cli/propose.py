@@ -139,6 +139,7 @@ def register(app: typer.Typer) -> None:
     ):
         from sslkit.cli.common import info, print_json, warn
         from sslkit.errors import UserError
+        from sslkit.io.lock import exclusive
         from sslkit.proposals import driver
 
         algo_opts = dict(mode=mode, max_side=max_side, max_boxes=max_boxes, min_size=min_size, max_ratio=max_ratio,
@@ -148,7 +149,8 @@ def register(app: typer.Typer) -> None:
             given = [_FLAG.get(k, "--" + k.replace("_", "-")) for k, v in algo_opts.items() if v is not None]
             if shard or image_root or given:
                 raise UserError(f"--merge takes only shard files and -o (got {', '.join(given or ['--shard/--image-root'])})")
-            summary = driver.merge_propose_shards(inputs, output, overwrite=overwrite, quiet=quiet)
+            with exclusive(output):
+                summary = driver.merge_propose_shards(inputs, output, overwrite=overwrite, quiet=quiet)
         else:
             from sslkit.io.images import ImageSource
             from sslkit.io.shards import parse_shard
@@ -166,9 +168,11 @@ def register(app: typer.Typer) -> None:
                 raise UserError("--workers must be at least 1")
             source = ImageSource.from_arg(inputs[0], image_root)
             a = build_algo(algo, algo_opts, source.coco_path)
-            summary = driver.run_propose(
-                source, a, output, shard=parse_shard(shard) if shard else None,
-                workers=workers or driver.default_workers(), chunk_size=chunk_size, overwrite=overwrite, quiet=quiet)
+            with exclusive(output):  # one writer per output, for the whole job (its chunks and the final file)
+                summary = driver.run_propose(
+                    source, a, output, shard=parse_shard(shard) if shard else None,
+                    workers=workers or driver.default_workers(), chunk_size=chunk_size, overwrite=overwrite,
+                    quiet=quiet)
         for fn, why in summary.skipped[:10]:
             warn(f"skipped {fn}: {why}")
         if len(summary.skipped) > 10:

@@ -102,6 +102,7 @@ def run_sample_views(method: str, inputs: list[Path], output: Path | None, image
     """The chosen stage's result (a :class:`~sslkit.views.stage.StageResult`), or None for --print-config."""
     from sslkit.config import dump_yaml, parse_set, resolve
     from sslkit.errors import UserError
+    from sslkit.io.lock import exclusive
     from sslkit.views.stage import StageInputs
 
     stage = find_stage(method)
@@ -124,7 +125,8 @@ def run_sample_views(method: str, inputs: list[Path], output: Path | None, image
         if not inputs:
             raise UserError("--merge needs the shard files", None, f"e.g. sslkit sample-views -m {method} --merge "
                             "part*.h5 -o views.h5")
-        return stage.merge(list(inputs), output, overwrite=overwrite, quiet=quiet)
+        with exclusive(output):
+            return stage.merge(list(inputs), output, overwrite=overwrite, quiet=quiet)
     settings = resolve(stage.SETTINGS, [("--set", parse_set(sets)), ("command line", given)],
                        owner=f"sample-views -m {method}", listing=f"sslkit sample-views -m {method} --print-config")
     if print_config:
@@ -140,8 +142,9 @@ def run_sample_views(method: str, inputs: list[Path], output: Path | None, image
                         "to join shard files pass --merge" if stage.SHARDABLE else None)
     part = parse_shard(shard) if shard else None
     source = ImageSource.from_arg(inputs[0], image_root)
-    return stage.run(source, output, settings, StageInputs(files["proposals"], files["coco"], source_kind, part),
-                     overwrite=overwrite, quiet=quiet)
+    with exclusive(output):  # one writer per output, for the whole job (its chunks and the final file)
+        return stage.run(source, output, settings, StageInputs(files["proposals"], files["coco"], source_kind, part),
+                         overwrite=overwrite, quiet=quiet)
 
 
 def register(app: typer.Typer) -> None:

@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from sslkit import _testing
 from sslkit.errors import DiskFullError, UserError
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:32] or "host"
@@ -136,6 +137,7 @@ def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
         os.fchmod(f.fileno(), _default_mode())
+    _testing.reached(f"rename:{Path(path).name}")
     os.replace(tmp, path)
     with contextlib.suppress(OSError):
         dfd = os.open(Path(path).parent, os.O_RDONLY)
@@ -163,12 +165,13 @@ def atomic_path(path: str | os.PathLike, needed: int | None = None) -> Iterator[
             os.unlink(tmp)
         if isinstance(e, OSError) and e.errno is not None and not isinstance(e, UserError):
             raise describe_os_error(e, path, needed) from e
-        if isinstance(e, (RuntimeError, OSError)) and _disk_full_now(path):
+        if isinstance(e, (RuntimeError, OSError)) and disk_full_now(path):
             raise describe_os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path, needed) from e
         raise
 
 
-def _disk_full_now(path: str | os.PathLike) -> bool:
+def disk_full_now(path: str | os.PathLike) -> bool:
+    """Whether the folder of ``path`` is (nearly) out of space: what a write error that names no errno meant."""
     free = _free_bytes(Path(path).parent)
     return free is not None and free < 1 << 20
 

@@ -121,6 +121,15 @@ def load_detectron2_pkl(path: str | os.PathLike) -> dict:
         raise FormatError(f"not a detectron2 weight file ({e})", path) from e
     if not isinstance(data, dict) or "model" not in data:
         raise FormatError("not a detectron2 weight file (no 'model' dict)", path)
+    model = data["model"]
+    if not isinstance(model, dict):
+        raise FormatError(f"not a detectron2 weight file (its 'model' entry is a {type(model).__name__}, not a "
+                          "dict of arrays)", path)
+    bad = [str(k) for k, v in model.items() if not isinstance(k, str) or not (
+        isinstance(v, (np.ndarray, np.number, int, float)) and np.asarray(v).dtype.kind in "biuf")]
+    if bad:
+        shown = ", ".join(bad[:4]) + (f" (+{len(bad) - 4} more)" if len(bad) > 4 else "")
+        raise FormatError(f"not a detectron2 weight file (entries that are not numeric arrays: {shown})", path)
     return data
 
 

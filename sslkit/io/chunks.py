@@ -9,6 +9,7 @@ rerun computes only :meth:`ChunkStage.pending` chunks. Every commit passes the f
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -36,10 +37,12 @@ def chunk_ranges(start: int, stop: int, size: int) -> list[range]:
 class ChunkStage:
     """Resumable progress for a long job: numbered chunk files, each written atomically.
 
-    Each finished chunk is saved as ``<dir>/chunk-<k>.npz`` (temporary name + rename).
-    ``fingerprint`` (the inputs and parameters) is stored in ``<dir>/stage.json``; resuming with
-    a different fingerprint is refused rather than mixing results, unless ``overwrite``, which
-    discards the stale chunks and starts over. ``name`` names the stage's fault point.
+    Each finished chunk is saved as ``<dir>/chunk-<key>-<k>.npz`` (temporary name + rename), ``key``
+    a hash of ``fingerprint`` (the inputs and parameters), which is also stored in ``<dir>/stage.json``.
+    Resuming with a different fingerprint is refused rather than mixing results, unless ``overwrite``,
+    which discards the stale chunks and starts over; a chunk whose name carries another key (left by
+    another job, whatever happened to ``stage.json``) is never adopted: it is removed. ``name`` names
+    the stage's fault point.
     """
 
     def __init__(self, directory: str | os.PathLike, fingerprint: dict, *, name: str = "chunks",
@@ -47,6 +50,7 @@ class ChunkStage:
         self.dir = Path(directory)
         self.name = name
         self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+        self.key = hashlib.sha1(json.dumps(self.fingerprint, sort_keys=True).encode()).hexdigest()[:12]
         meta = self.dir / "stage.json"
         if meta.exists() and json.loads(meta.read_text()) != self.fingerprint:
             if not overwrite:
@@ -56,16 +60,24 @@ class ChunkStage:
         if not meta.exists():
             self.dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(meta, json.dumps(self.fingerprint, sort_keys=True))
+        for p in self.dir.glob("chunk-*.npz"):  # another job's chunks: never adopted
+            if not p.name.startswith(f"chunk-{self.key}-"):
+                with contextlib.suppress(OSError):
+                    p.unlink()
 
     def _path(self, k: int) -> Path:
-        return self.dir / f"chunk-{k:06d}.npz"
+        return self.dir / f"chunk-{self.key}-{k:06d}.npz"
 
     def done(self) -> set[int]:
         out = set()
-        for p in self.dir.glob("chunk-*.npz"):
+        for p in self.dir.glob(f"chunk-{self.key}-*.npz"):
             with contextlib.suppress(ValueError):
-                out.add(int(p.stem.split("-")[1]))
+                out.add(int(p.stem.rsplit("-", 1)[1]))
         return out
+
+    def nbytes(self) -> int:
+        """Bytes of the committed chunks (about what the finished artefact needs)."""
+        return sum(p.stat().st_size for p in self.dir.glob(f"chunk-{self.key}-*.npz"))
 
     def pending(self, count: int) -> list[int]:
         """The chunks among ``0 … count-1`` not committed yet, in order."""
@@ -101,6 +113,11 @@ class ChunkStage:
                 os.unlink(tmp)
             raise
         _testing.reached(f"commit:{self.name}")
+
+    def count(self, k: int) -> int:
+        """How many records chunk ``k`` holds (read without loading them)."""
+        with np.load(self._path(k), allow_pickle=False) as z:
+            return len(z["image_id"])
 
     def load(self, k: int) -> tuple[list[Record], list[tuple[str, str]]]:
         with np.load(self._path(k), allow_pickle=False) as z:

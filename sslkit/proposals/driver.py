@@ -193,8 +193,14 @@ def run_propose(
             results.close()
     seconds = time.perf_counter() - t0
 
+    if records and shard is None and not any(stage.count(k) for k in range(len(chunks))):
+        first = next((sk[0] for k in range(len(chunks)) for sk in [stage.load(k)[1]] if sk), ("?", "unknown"))
+        stage.remove()
+        raise UserError(f"none of the {len(records)} images could be read (e.g. {first[0]}: {first[1]})",
+                        source.coco_path or source.root, "check the folder or json; nothing was written")
     all_skipped: list[tuple[str, str]] = []
-    with ArtefactWriter(output, FORMAT, params=params, ragged=ragged, label_maps=maps) as w:
+    with ArtefactWriter(output, FORMAT, params=params, ragged=ragged, label_maps=maps,
+                        expected_bytes=stage.nbytes()) as w:
         for k in range(len(chunks)):
             recs, skipped = stage.load(k)
             w.add_many(recs, skipped)

@@ -47,16 +47,15 @@ class Record:
 
 
 def check_output(path: str | os.PathLike, fmt: str, overwrite: bool) -> None:
-    """Refuse to replace a file that is not an sslkit artefact of kind ``fmt`` unless ``overwrite``."""
+    """Refuse to replace an existing file (of any kind) unless ``overwrite``."""
     path = Path(path)
     if path.is_dir():
         raise UserError("is a folder, expected an output file name", path)
     if not path.exists() or overwrite:
         return
     existing = peek_format(path)
-    if existing != fmt:
-        what = f"a {existing} file" if existing else "not an sslkit artefact"
-        raise UserError(f"already exists and is {what}", path, "choose another -o or pass --overwrite")
+    what = f"a {existing} file" if existing else "not an sslkit artefact"
+    raise UserError(f"already exists and is {what}", path, "choose another -o or pass --overwrite")
 
 
 def peek_format(path: str | os.PathLike) -> str | None:

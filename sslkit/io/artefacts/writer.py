@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -15,7 +16,7 @@ import numpy as np
 
 from sslkit import __version__
 from sslkit.io.artefacts.schema import FORMAT_VERSIONS, STANDARD_ATTRS, Record, command_line
-from sslkit.io.atomic import commit, temp_path_for
+from sslkit.io.atomic import commit, describe_os_error, disk_full_now, ensure_space, temp_path_for
 
 _STR = h5py.string_dtype("utf-8")
 _MASK_CHUNK = 1 << 18
@@ -43,9 +44,14 @@ class ArtefactWriter:
         attrs: dict | None = None,
         command: str | None = None,
         flush_every: int = 256,
+        expected_bytes: int | None = None,
     ):
+        """``expected_bytes`` (about the size of the finished file, if the caller knows it) is checked
+        against the free space before anything is written."""
         if fmt not in FORMAT_VERSIONS:
             raise ValueError(f"unknown artefact format {fmt!r}")
+        if expected_bytes:
+            ensure_space(path, expected_bytes)
         self.path = Path(path)
         self.fmt = fmt
         self.ragged_spec = {k: (np.dtype(d), tuple(s)) for k, (d, s) in (ragged or {}).items()}
@@ -132,7 +138,24 @@ class ArtefactWriter:
         ds.resize(old + n, axis=0)
         ds[old:old + n] = values
 
+    @contextlib.contextmanager
+    def _guard(self):
+        """A failed HDF5 write (h5py often gives no errno) aborts the file; a full disk is one line."""
+        try:
+            yield
+        except (OSError, RuntimeError) as e:
+            self.abort()
+            if isinstance(e, OSError) and e.errno:
+                raise describe_os_error(e, self.path) from e
+            if disk_full_now(self.path):
+                raise describe_os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), self.path) from e
+            raise
+
     def flush(self) -> None:
+        with self._guard():
+            self._flush()
+
+    def _flush(self) -> None:
         buf, self._buf = self._buf, []
         if buf:
             g = self._f["images"]
@@ -167,12 +190,13 @@ class ArtefactWriter:
         """Flush, mark complete and rename into place. Returns the final path."""
         if self._closed:
             return self.path
-        self.flush()
-        self._f.attrs["num_images"] = self.num_images
-        self._f.attrs["complete"] = True
-        self._f.close()
-        self._closed = True
-        commit(self._tmp, self.path)
+        with self._guard():
+            self._flush()
+            self._f.attrs["num_images"] = self.num_images
+            self._f.attrs["complete"] = True
+            self._f.close()
+            self._closed = True
+            commit(self._tmp, self.path)
         return self.path
 
     def abort(self) -> None:
