@@ -21,9 +21,12 @@ import sslkit.methods
 from sslkit.engine.optim import build_optimizer
 from sslkit.methods import METHODS
 from sslkit.methods.byol import byol_loss
+from sslkit.methods.densecl import dense_correspondence, dense_info_nce
 from sslkit.methods.detcon_ops import detcon_loss
 from sslkit.methods.mocov2 import info_nce
+from sslkit.methods.regioncl_ops import region_info_nce, region_simsiam_loss
 from sslkit.methods.simclr import nt_xent
+from sslkit.methods.simsiam import negative_cosine, simsiam_loss
 from sslkit.methods.univip import instance_loss, ot_marginals, sinkhorn_log
 from tests.tiny_methods import tiny_method
 
@@ -106,6 +109,39 @@ def _sinkhorn():
     return (torch.rand(3, 4, 5, generator=g) * 2, torch.rand(3, 4, generator=g), torch.rand(3, 5, generator=g)), {}
 
 
+def _simsiam():
+    g = _g(6)
+    return tuple(torch.randn(6, 32, generator=g) for _ in range(4)), {}
+
+
+def _dense():
+    g = _g(7)
+    q, k = (F.normalize(torch.randn(3, 32, 9, generator=g), dim=1) for _ in range(2))
+    match = torch.randint(0, 9, (3, 9), generator=g)
+    return (q, k, match, F.normalize(torch.randn(64, 32, generator=g), dim=1), 0.2), {}
+
+
+def _correspondence():
+    g = _g(8)
+    return tuple(F.normalize(torch.randn(3, 32, 9, generator=g), dim=1) for _ in range(2)), {}
+
+
+def _region(odd=True):
+    g = _g(9)
+    b = 5 if odd else 6  # odd: the middle image's rows are masked out
+    canvas, paste, k = (F.normalize(torch.randn(b, 32, generator=g), dim=1) for _ in range(3))
+    partner = torch.arange(b - 1, -1, -1)
+    valid = partner != torch.arange(b)
+    return (canvas, paste, k, F.normalize(torch.randn(64, 32, generator=g), dim=1), partner, valid, 0.2), {}
+
+
+def _region_simsiam():
+    g = _g(10)
+    b = 5
+    partner = torch.arange(b - 1, -1, -1)
+    return (*(torch.randn(b, 32, generator=g) for _ in range(3)), partner, partner != torch.arange(b)), {}
+
+
 LOSSES = {
     "byol_loss": (byol_loss, _byol),
     "info_nce": (info_nce, _info_nce),
@@ -114,6 +150,12 @@ LOSSES = {
     "ot_marginals": (ot_marginals, _univip),
     "instance_loss": (instance_loss, _univip),
     "sinkhorn_log": (sinkhorn_log, _sinkhorn),
+    "negative_cosine": (negative_cosine, lambda: (_simsiam()[0][:2], {})),
+    "simsiam_loss": (simsiam_loss, _simsiam),
+    "dense_correspondence": (dense_correspondence, _correspondence),
+    "dense_info_nce": (dense_info_nce, _dense),
+    "region_info_nce": (region_info_nce, _region),
+    "region_simsiam_loss": (region_simsiam_loss, _region_simsiam),
 }
 
 
@@ -147,18 +189,19 @@ def test_losses_compute_in_fp32_under_autocast(name):
 
 
 def test_every_loss_function_in_the_methods_follows_the_fp32_policy():
-    """Every module-level function in sslkit.methods whose name contains 'loss' (plus nt_xent and
-    info_nce) is wrapped by ``fp32_loss`` — so a new method's loss cannot forget it."""
+    """Every module-level function in sslkit.methods whose name contains 'loss' or ends in 'nt_xent' or
+    'info_nce' is wrapped by ``fp32_loss`` — so a new method's loss cannot forget it."""
     missing, seen = [], []
     for mod_info in pkgutil.iter_modules(sslkit.methods.__path__):
         if mod_info.name == "numerics":  # the policy itself
             continue
         mod = importlib.import_module(f"sslkit.methods.{mod_info.name}")
         for fname, obj in inspect.getmembers(mod, inspect.isfunction):
-            if obj.__module__ != mod.__name__ or not ("loss" in fname or fname in ("nt_xent", "info_nce")):
+            if obj.__module__ != mod.__name__ or not ("loss" in fname or fname.endswith(("nt_xent", "info_nce"))):
                 continue
             seen.append(fname)
             if not getattr(obj, "computes_in_fp32", False):
                 missing.append(f"{mod.__name__}.{fname}")
-    assert {"byol_loss", "detcon_loss", "instance_loss", "nt_xent", "info_nce"} <= set(seen)
+    assert {"byol_loss", "detcon_loss", "instance_loss", "nt_xent", "info_nce", "simsiam_loss", "dense_info_nce",
+            "region_info_nce", "region_simsiam_loss"} <= set(seen)
     assert not missing, f"wrap these with sslkit.methods.numerics.fp32_loss: {missing}"

@@ -16,7 +16,7 @@ from sslkit.errors import UserError
 from sslkit.methods import METHODS
 from sslkit.methods.mocov2 import MoCoV2, info_nce
 from sslkit.methods.regioncl import RegionCLM
-from sslkit.methods.regioncl_ops import mask_pool_regions, region_info_nce, region_simsiam
+from sslkit.methods.regioncl_ops import mask_pool_regions, region_info_nce, region_simsiam_loss
 from sslkit.views.regioncl import (
     RegionCLSwapStage,
     SwapBox,
@@ -202,7 +202,7 @@ def test_regioncl_s_region_term_is_the_mean_negative_cosine_with_the_sources_oth
     rows = [i for i in range(b) if i != b - 1 - i]
     cos = lambda a, c: float(F.cosine_similarity(a[None], c[None]))  # noqa: E731
     ref = 0.5 * (np.mean([-cos(pc[i], z[i]) for i in rows]) + np.mean([-cos(pp[b - 1 - j], z[j]) for j in rows]))
-    assert abs(float(region_simsiam(pc, pp, z, partner, valid)) - ref) < 1e-6
+    assert abs(float(region_simsiam_loss(pc, pp, z, partner, valid)) - ref) < 1e-6
 
 
 # ------------------------------------------------------------------------------------ the variants
