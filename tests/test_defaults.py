@@ -2,7 +2,8 @@
 method's resolved defaults (engine defaults < ``DEFAULTS``).
 
 A table lists every key of the method's ``DEFAULTS`` with its value and where it comes from ([P] paper,
-[C] authors' code, [I] our choice where both are silent; digests in ../shared/specs). The test fails
+[C] authors' code, [X] the base method's protocol, [I] our choice where both are silent; digests in
+../shared/specs). The test fails
 when a default drifts from its table, when ``DEFAULTS`` gains a key the table does not source, and for
 a registered method without a table — so a method added later needs its table here.
 """
@@ -153,9 +154,101 @@ UNIVIP = {
     "ot_marginals": ("raw", "UniVIP Eq. 9–10 as printed [P] (docs/univip.md)"),
 }
 
+SIMSIAM = {  # Chen & He, CVPR 2021; facebookresearch/simsiam main_simsiam.py, simsiam/builder.py
+    "arch": ("resnet50", "SimSiam §3 'Baseline settings' [P]; main_simsiam.py -a [C]"),
+    "image_size": (224, "main_simsiam.py RandomResizedCrop(224) [C]"),
+    "batch_size": (512, "SimSiam §3 'Optimizer': 512 by default [P]; main_simsiam.py -b [C]"),
+    "epochs": (100, "SimSiam Table 4 (100 ep: 68.1) [P]; main_simsiam.py --epochs, README [C]"),
+    "optimizer": ("sgd", "SimSiam §3 'Optimizer' [P]"),
+    "lr": (0.05, "SimSiam §3: base lr 0.05 × B/256 [P]; main_simsiam.py --lr [C]"),
+    "lr_scaling": ("linear", "SimSiam §3 lr × BatchSize/256 [P]; main_simsiam.py init_lr [C]"),
+    "weight_decay": (1e-4, "SimSiam §3 [P]; main_simsiam.py --wd, on every parameter [C]"),
+    "optim_momentum": (0.9, "SimSiam §3 [P]; main_simsiam.py --momentum [C]"),
+    "warmup_epochs": (0.0, "main_simsiam.py adjust_learning_rate: cosine from epoch 0 [C]"),
+    "sync_bn": (True, "SimSiam §3 BN synchronized across devices [P]; convert_sync_batchnorm [C]"),
+    "proj_hidden_dim": (2048, "SimSiam §3 'Projection MLP' [P]; builder.py prev_dim [C]"),
+    "proj_dim": (2048, "SimSiam §3 'Projection MLP' [P]; main_simsiam.py --dim [C]"),
+    "pred_hidden_dim": (512, "SimSiam §3 'Prediction MLP' [P]; main_simsiam.py --pred-dim [C]"),
+    "fix_pred_lr": (True, "SimSiam §4.2 Table 1(c) [P]; README's command --fix-pred-lr [C]"),
+    "zero_init_residual": (True, "builder.py base_encoder(zero_init_residual=True) [C]"),
+}
+
+_DENSECL_CFG = "densecl_imagenet_200ep.py"
+DENSECL = {  # Wang et al., CVPR 2021; WXinlong/DenseCL configs/selfsup/densecl/densecl_imagenet_200ep.py
+    "arch": ("resnet50", f"{_DENSECL_CFG} ResNet depth 50 [C]"),
+    "image_size": (224, f"{_DENSECL_CFG} RandomResizedCrop 224 [C]"),
+    "batch_size": (256, f"{_DENSECL_CFG}: 32 × 8 GPUs [C]"),
+    "epochs": (200, f"{_DENSECL_CFG} total_epochs [C]"),
+    "optimizer": ("sgd", f"{_DENSECL_CFG} [C]"),
+    "lr": (0.03, f"{_DENSECL_CFG}: 0.03 at batch 256 [C]"),
+    "lr_scaling": ("linear", "[X] MoCo v2 (Goyal et al.; the config has one batch size)"),
+    "weight_decay": (1e-4, f"{_DENSECL_CFG} [C]"),
+    "optim_momentum": (0.9, f"{_DENSECL_CFG} [C]"),
+    "warmup_epochs": (0.0, f"{_DENSECL_CFG}: CosineAnnealing to 0, no warm-up [C]"),
+    "sync_bn": (False, f"{_DENSECL_CFG} norm_cfg BN; shuffle-BN instead (densecl.py) [C]"),
+    "ema_momentum": (0.999, f"{_DENSECL_CFG} momentum [C]"),
+    "ema_schedule": ("constant", "densecl.py _momentum_update_key_encoder: fixed m [C]"),
+    "queue_size": (65536, f"{_DENSECL_CFG} queue_len, each of the two queues [C]"),
+    "temperature": (0.2, f"{_DENSECL_CFG} ContrastiveHead temperature [C]"),
+    "proj_hidden_dim": (2048, f"{_DENSECL_CFG} DenseCLNeck hid_channels [C]"),
+    "proj_dim": (128, f"{_DENSECL_CFG} feat_dim / DenseCLNeck out_channels [C]"),
+    "shuffle_bn": (True, "densecl.py _batch_shuffle_ddp [C]"),
+    "loss_lambda": (0.5, f"{_DENSECL_CFG} loss_lambda: (1 − λ)·L_global + λ·L_dense [C]"),
+}
+
+_REGIONCL_CFG = "regionCLM-r50.py"
+#: the region swap every RegionCL variant adds (regioncl.txt §3, §4.5; digest §2.2, §6)
+_REGIONCL_SWAP = {
+    "regioncl_cells_min": (3, f"RegionCL §4.5 Table 9: C_L = 3 [P]; {_REGIONCL_CFG} cutMixLower [C]"),
+    "regioncl_cells_max": (5, f"RegionCL §4.5 Table 9: C_U = 5 [P]; {_REGIONCL_CFG} cutMixUpper=6, exclusive [C]"),
+    "regioncl_origin": ("aligned", "RegionCL §3.1 box aligned to R [P]; digest §2.2/§6.1 [I] (official = the code's rule)"),
+    "regioncl_canvas": (True, "RegionCL Table 10, full model [P]"),
+    "regioncl_paste": (True, "RegionCL Table 10, full model [P]"),
+}
+
+REGIONCL_M = {  # RegionCL-M: MoCo v2 + the swap; Annbless/RegionCL configs/selfsup/regionCL-M/regionCLM-r50.py
+    "arch": ("resnet50", f"RegionCL §4 [P]; {_REGIONCL_CFG} ResNet depth 50 [C]"),
+    "image_size": (224, f"RegionCL §4.5 [P]; {_REGIONCL_CFG} RandomResizedCrop 224 [C]"),
+    "batch_size": (1024, f"{_REGIONCL_CFG}: 128 × 8 GPUs [C]"),
+    "epochs": (200, f"RegionCL §4 [P]; {_REGIONCL_CFG} total_epochs [C]"),
+    "optimizer": ("sgd", f"RegionCL §4 [P]; {_REGIONCL_CFG} [C]"),
+    "lr": (0.0375, f"{_REGIONCL_CFG}: lr 0.15 at batch 1024 = 0.0375 × 1024/256 [C]"),
+    "lr_scaling": ("linear", "[X] MoCo v2 (sslkit convention; gives the config's 0.15 at 1024)"),
+    "weight_decay": (1e-4, f"{_REGIONCL_CFG} [C]"),
+    "optim_momentum": (0.9, f"{_REGIONCL_CFG} [C]"),
+    "warmup_epochs": (0.0, f"{_REGIONCL_CFG}: CosineAnnealing to 0, no warm-up [C]"),
+    "sync_bn": (False, f"{_REGIONCL_CFG} norm_cfg BN; shuffle-BN (digest §2.3) [C]"),
+    "ema_momentum": (0.999, f"{_REGIONCL_CFG} momentum [C]"),
+    "ema_schedule": ("constant", "[X] MoCo v2: fixed m"),
+    "queue_size": (65536, f"RegionCL §3.2: K = 65,536 [P]; {_REGIONCL_CFG} queue_len [C]"),
+    "temperature": (0.2, f"RegionCL §3.2 eq. 1: τ = 0.2 [P]; {_REGIONCL_CFG} ContrastiveHead [C]"),
+    "proj_hidden_dim": (2048, f"{_REGIONCL_CFG} RegionCLNonLinearNeckV1 hid_channels [C]"),
+    "proj_dim": (128, f"{_REGIONCL_CFG} feat_dim [C]"),
+    "shuffle_bn": (True, "[X] MoCo v2 shuffle-BN; RegionCLM.py [C] (digest §2.3)"),
+    "reg_weight": (1.0, f"RegionCL eq. 3: L_ins + L_reg [P]; {_REGIONCL_CFG} loss_cutmix=1.0 [C]"),
+    "regioncl_intra_negative": (True, "RegionCL eq. 2 / Table 10, full model [P]"),
+    **_REGIONCL_SWAP,
+}
+
+REGIONCL_S = {  # RegionCL §4: "the same settings as their own base methods", RegionCL-S for 100 epochs
+    **{k: (v, f"[X] SimSiam: {src}") for k, (v, src) in SIMSIAM.items()},
+    "epochs": (100, "RegionCL §4: RegionCL-S for 100 epochs [P]"),
+    "reg_weight": (1.0, "[I] digest §2.5: weight 1 (form and weight in the missing supplement)"),
+    **_REGIONCL_SWAP,
+}
+
+REGIONCL_D = {  # RegionCL §4: DenseCL's settings, 200 epochs; the region loss as in RegionCL-M
+    **{k: (v, f"[X] DenseCL: {src}") for k, (v, src) in DENSECL.items()},
+    "epochs": (200, "RegionCL §4: RegionCL-D for 200 epochs [P]"),
+    "reg_weight": (1.0, "[I] digest §2.5: (1 − λ)·(L_ins + w·L_reg) + λ·L_dense keeps instance:region 1:1"),
+    "regioncl_intra_negative": (True, "RegionCL §3.2 'as in RegionCL-M', eq. 2 [P]"),
+    **_REGIONCL_SWAP,
+}
+
 #: method name → its table; a registered method without one fails
 TABLES = {"byol": BYOL, "mocov2": MOCOV2, "simclr": SIMCLR, "detcon-s": DETCON_S, "detcon-b": DETCON_B,
-          "orl": ORL, "univip": UNIVIP}
+          "orl": ORL, "univip": UNIVIP, "simsiam": SIMSIAM, "densecl": DENSECL, "regioncl-m": REGIONCL_M,
+          "regioncl-s": REGIONCL_S, "regioncl-d": REGIONCL_D}
 
 
 @pytest.mark.parametrize("name", list(METHODS))

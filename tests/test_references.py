@@ -2,10 +2,12 @@
 
 * Transcriptions of the authors' code (tests/reference_losses.py): SimCLR's TF ``objective.py``,
   DeepMind's DetCon ``byol_nce_detcon`` (JAX), BYOL's ``regression_loss``, ORL's ``forward_train`` with
-  its ``LatentPredictHead``, MoCo's ``builder.py`` (loss and queue), UniVIP's Eq. 9–10.
+  its ``LatentPredictHead``, MoCo's ``builder.py`` (loss and queue), UniVIP's Eq. 9–10, SimSiam's
+  Algorithm 1, DenseCL's ``forward_train`` (global + dense loss, both queues), RegionCL-M's pseudo-code
+  (the digest's §2.4; the authors release only -M, and their model file does not run as released).
 * POT (a ``dev`` dependency, imported unconditionally) for UniVIP's Sinkhorn plan.
 * lightly (the optional ``refs`` extra, ``pip install -e '.[refs]'``; these checks skip without it): DetConBLoss / DetConSLoss,
-  NTXentLoss (also with its memory bank, MoCo's form), NegativeCosineSimilarity.
+  NTXentLoss (also with its memory bank, MoCo's form), NegativeCosineSimilarity (BYOL's and SimSiam's form).
 
 sslkit computes every loss in float32 (``sslkit.methods.numerics``); the transcriptions run in float64,
 so agreement is to float32 rounding (relative ~1e-6).
@@ -23,10 +25,14 @@ import torch.nn.functional as F
 
 import sslkit.dist
 from sslkit.methods.byol import byol_loss
+from sslkit.methods.densecl import dense_correspondence, dense_info_nce
 from sslkit.methods.detcon_ops import detcon_loss
 from sslkit.methods.mocov2 import info_nce
+from sslkit.methods.regioncl_ops import region_info_nce
 from sslkit.methods.simclr import nt_xent
+from sslkit.methods.simsiam import simsiam_loss
 from sslkit.methods.univip import instance_loss, normalize_marginal, ot_marginals, sinkhorn_log
+from sslkit.views.regioncl import partner_index, region_valid, sample_box, swap_generator
 from tests import reference_losses as ref
 from tests.tiny_methods import tiny_method
 
@@ -314,3 +320,141 @@ def test_univip_marginals_and_instance_loss_equal_the_paper_with_pots_plan():
                            warn=False).T  # rows: online suppliers b; columns: target demanders a
         total += 2 * (plan * (1 - cos[i])).sum()
     assert loss.item() == pytest.approx(total / 3, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- SimSiam
+
+
+def _simsiam_inputs():
+    g = _gen(6)
+    return tuple(torch.randn(7, 12, generator=g, requires_grad=True) for _ in range(4))
+
+
+def test_simsiam_loss_and_gradient_equal_algorithm_1():
+    p1, p2, z1, z2 = _simsiam_inputs()
+    d = [t.detach().double().requires_grad_() for t in (p1, p2, z1, z2)]
+    mine, theirs = simsiam_loss(p1, p2, z1, z2), ref.simsiam_algorithm1(*d)
+    assert abs(mine.item() - theirs.item()) <= 1e-6
+    for a, b in zip(torch.autograd.grad(mine, (p1, p2)), torch.autograd.grad(theirs, d[:2]), strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-7)
+
+
+def test_simsiam_loss_equals_lightly_negative_cosine_similarity():
+    lightly_loss = pytest.importorskip("lightly.loss")
+    p1, p2, z1, z2 = _simsiam_inputs()
+    criterion = lightly_loss.NegativeCosineSimilarity()
+    mine = simsiam_loss(p1, p2, z1, z2)
+    theirs = 0.5 * (criterion(p1, z2.detach()) + criterion(p2, z1.detach()))  # lightly's SimSiam example
+    assert abs(mine.item() - theirs.item()) <= 1e-6
+    for a, b in zip(torch.autograd.grad(mine, (p1, p2)), torch.autograd.grad(theirs, (p1, p2)), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- DenseCL
+
+
+def _unit(g, *shape, dim=1):
+    return F.normalize(torch.randn(*shape, generator=g), dim=dim)
+
+
+def test_densecl_losses_equal_the_official_forward_train_on_random_tensors():
+    """Global InfoNCE, the backbone-feature correspondence and the dense InfoNCE against the dense queue, as
+    ``DenseCL.forward_train`` computes them (queues stored (C, K) there, (K, C) here)."""
+    g = _gen(7)
+    n, c, cb, s, kq, tau, lam = 3, 16, 24, 9, 40, 0.2, 0.5
+    q, k = _unit(g, n, c), _unit(g, n, c)
+    q_grid, k_grid = _unit(g, n, c, s), _unit(g, n, c, s)
+    q_b, k_b = _unit(g, n, cb, s), _unit(g, n, cb, s)
+    queue, queue2 = _unit(g, kq, c), _unit(g, kq, c)
+    q.requires_grad_(), q_grid.requires_grad_()
+    single, dense = ref.densecl_losses(q, k, q_grid, k_grid, q_b, k_b, queue.T, queue2.T, tau, lam)
+    loss_global, _ = info_nce(q, k, queue, tau)
+    loss_dense = dense_info_nce(q_grid, k_grid, dense_correspondence(q_b, k_b), queue2, tau)
+    assert abs(((1 - lam) * loss_global).item() - single.item()) <= 1e-5
+    assert abs((lam * loss_dense).item() - dense.item()) <= 1e-5
+    mine = (1 - lam) * loss_global + lam * loss_dense
+    for a, b in zip(torch.autograd.grad(mine, (q, q_grid)), torch.autograd.grad(single + dense, (q, q_grid)),
+                    strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def _c5(net):
+    """A torchvision ResNet's C5 map (stem, layer1..4), written out here rather than taken from sslkit."""
+    def run(x):
+        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+    return run
+
+
+def test_densecl_two_steps_equal_the_official_forward_train_loss_and_both_queues():
+    """Two SGD steps of sslkit's DenseCL against ``DenseCL.forward_train`` with ``DenseCLNeck`` on copies of the
+    same weights: each term of the loss, and both queues and their pointers after the steps."""
+    model, (x_q, x_k), cfg = tiny_method("densecl", n=4, seed=0, queue_size=16, ema_momentum=0.9)
+    twin = copy.deepcopy(model)
+    encoder_q = (_c5(twin.backbone), twin.projector, twin.dense_head)
+    encoder_k = (_c5(twin.key_backbone), twin.key_projector, twin.key_dense_head)
+    params_q = [p for mod in (twin.backbone, twin.projector, twin.dense_head) for p in mod.parameters()]
+    params_k = [p for mod in (twin.key_backbone, twin.key_projector, twin.key_dense_head) for p in mod.parameters()]
+    reference = ref.DenseCLReference(encoder_q, encoder_k, params_q, params_k, twin.queue, twin.queue2, m=0.9,
+                                     temperature=cfg["temperature"], loss_lambda=cfg["loss_lambda"])
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    opt_ref = torch.optim.SGD([p for p in twin.parameters() if p.requires_grad], lr=0.1)
+    for step in range(2):
+        views = (x_q, x_k) if step == 0 else (x_k, x_q)
+        out = model(views)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        model.on_after_step(step, 2)
+        single, dense = reference.forward(*views)
+        opt_ref.zero_grad()
+        (single + dense).backward()
+        opt_ref.step()
+        lam = cfg["loss_lambda"]
+        assert abs(float((1 - lam) * out["loss_global"]) - single.item()) <= 1e-5
+        assert abs(float(lam * out["loss_dense"]) - dense.item()) <= 1e-5
+        assert abs(out["loss"].item() - (single + dense).item()) <= 1e-5
+    torch.testing.assert_close(model.queue, reference.queue.T, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.queue2, reference.queue2.T, rtol=1e-5, atol=1e-6)
+    assert int(model.queue_ptr) == reference.ptr == 8 and int(model.queue2_ptr) == reference.ptr2 == 8
+
+
+# ----------------------------------------------------------------------------- RegionCL
+
+
+@pytest.mark.parametrize("b", [6, 5])
+def test_regioncl_m_losses_equal_a_per_sample_transcription_of_the_pseudo_code(b):
+    g = _gen(b)
+    tau = 0.2
+    q, k, pin, cv = (_unit(g, b, 16) for _ in range(4))
+    queue = _unit(g, 40, 16)
+    l_ins, _ = info_nce(q, k, queue, tau)
+    l_reg, _ = region_info_nce(cv, pin, k, queue, partner_index(b), region_valid(b), tau)
+    ref_ins, ref_reg = ref.regioncl_m_per_sample(q, k, queue, pin, cv, tau)
+    assert abs(float(l_ins) - ref_ins) <= 1e-5
+    assert abs(float(l_reg) - ref_reg) <= 1e-5
+
+
+def test_regioncl_m_step_equals_the_pseudo_code_loss_gradients_and_queue():
+    """One training step of sslkit's RegionCL-M (box drawn by its step-0 generator) against the digest's §2.4
+    pseudo-code on copies of the same weights: the swap, the C5 map, mask pooling, the projector, eq. 1–3, the
+    gradients of every parameter, and the queue after the step (the instance keys only)."""
+    model, (x_q, x_k), cfg = tiny_method("regioncl-m", n=4, seed=0, queue_size=16)
+    twin = copy.deepcopy(model)
+    queue = twin.queue.clone()
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = model((x_q, x_k))
+    g_mine = torch.autograd.grad(out["loss"], params)
+    box = sample_box(swap_generator(cfg["seed"], 0, 0), x_q.shape[2], x_q.shape[3], cfg["regioncl_cells_min"],
+                     cfg["regioncl_cells_max"])
+    l_ins, l_reg, k = ref.regioncl_m_pseudo_code(_c5(twin.backbone), twin.projector, _c5(twin.key_backbone),
+                                                 twin.key_projector, x_q, x_k, queue, (box.y0, box.x0, box.h, box.w),
+                                                 (box.cy, box.cx, box.ch, box.cw), cfg["temperature"])
+    g_ref = torch.autograd.grad(l_ins + l_reg, [p for p in twin.parameters() if p.requires_grad])
+    assert abs(out["loss_ins"].item() - l_ins.item()) <= 1e-5
+    assert abs(out["loss_reg"].item() - l_reg.item()) <= 1e-5
+    assert abs(out["loss"].item() - (l_ins + l_reg).item()) <= 1e-5
+    for a, b in zip(g_mine, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(model.queue[:4], k, rtol=1e-5, atol=1e-6)
+    assert torch.equal(model.queue[4:], queue[4:]) and int(model.queue_ptr) == 4

@@ -99,9 +99,17 @@ def views(n: int, size: int, g: torch.Generator) -> torch.Tensor:
 # ----------------------------------------------------------------------------- the methods
 
 
-@tiny_batch("byol", "simclr")
-@tiny_batch("mocov2", queue_size=64)
+#: RegionCL's box cells must fit the feature grid: 64 px → 2×2 cells, so one-cell boxes (docs/regioncl.md
+#: "Small images"); the box of each step comes from the method's own (seed, rank, step) generator
+_REGIONCL_CELLS = {"regioncl_cells_min": 1, "regioncl_cells_max": 1}
+
+
+@tiny_batch("byol", "simclr", "simsiam")
+@tiny_batch("mocov2", "densecl", queue_size=64)
+@tiny_batch("regioncl-s", **_REGIONCL_CELLS)
+@tiny_batch("regioncl-m", "regioncl-d", queue_size=64, **_REGIONCL_CELLS)
 def _two_views(cfg: dict, n: int, g: torch.Generator):
+    """(query/view 1, key/view 2). RegionCL swaps regions of the first inside forward_train."""
     return views(n, cfg["image_size"], g), views(n, cfg["image_size"], g)
 
 

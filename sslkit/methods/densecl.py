@@ -26,6 +26,7 @@ from torch import nn
 
 from sslkit import dist
 from sslkit.methods.mocov2 import MoCoV2, enqueue, info_nce
+from sslkit.methods.numerics import fp32_loss
 from sslkit.models.backbones import res5
 from sslkit.models.ema import frozen_copy
 
@@ -35,23 +36,26 @@ def dense_head(in_dim: int, hidden_dim: int = 2048, out_dim: int = 128) -> nn.Se
     return nn.Sequential(nn.Conv2d(in_dim, hidden_dim, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden_dim, out_dim, 1))
 
 
+@fp32_loss
 def dense_correspondence(f_q: torch.Tensor, f_k: torch.Tensor) -> torch.Tensor:
     """(B, S_q) index of the most similar key cell for each query cell (§3.3).
 
     ``f_q`` (B, C, S_q), ``f_k`` (B, C, S_k): L2-normalised backbone features per cell (flattened
-    row-major). Ties go to the first maximal key cell.
+    row-major). Ties go to the first maximal key cell. The similarities are float32 with autocast off (as
+    the losses: a bf16 similarity could pick another cell).
     """
-    return torch.bmm(f_q.transpose(1, 2).float(), f_k.float()).max(dim=2).indices
+    return torch.bmm(f_q.transpose(1, 2), f_k).max(dim=2).indices
 
 
+@fp32_loss
 def dense_info_nce(q_grid: torch.Tensor, k_grid: torch.Tensor, match: torch.Tensor, queue: torch.Tensor,
                    temperature: float) -> torch.Tensor:
     """L_dense (eq. 4): InfoNCE of every query cell against its matched key cell and the dense queue.
 
     ``q_grid`` (B, D, S_q) and ``k_grid`` (B, D, S_k): L2-normalised dense projections; ``match`` (B, S_q)
-    from :func:`dense_correspondence`; ``queue`` (K, D). Mean over the B·S_q cells.
+    from :func:`dense_correspondence`; ``queue`` (K, D). Mean over the B·S_q cells. Float32, autocast off.
     """
-    q_grid, k_grid, queue = q_grid.float(), k_grid.detach().float(), queue.detach().float()
+    k_grid, queue = k_grid.detach(), queue.detach()
     positive = torch.gather(k_grid, 2, match.unsqueeze(1).expand(-1, k_grid.shape[1], -1))  # (B, D, S_q)
     l_pos = (q_grid * positive).sum(1).reshape(-1, 1)
     cells = q_grid.transpose(1, 2).reshape(-1, q_grid.shape[1])

@@ -31,7 +31,7 @@ from sslkit.console import warn
 from sslkit.errors import UserError
 from sslkit.methods.densecl import DenseCL
 from sslkit.methods.mocov2 import MoCoV2, info_nce
-from sslkit.methods.regioncl_ops import mask_pool_regions, region_info_nce, region_simsiam
+from sslkit.methods.regioncl_ops import mask_pool_regions, region_info_nce, region_simsiam_loss
 from sslkit.methods.simsiam import SimSiam, simsiam_loss
 from sslkit.models.backbones import res5
 from sslkit.views.regioncl import (
@@ -241,7 +241,7 @@ class RegionCLS(RegionSwap, SimSiam):
         if self.region_on:
             paste_in, canvas, partner, valid = self.region_pooled(v1)
             pred_canvas, pred_paste = self.predictor(self.projector(torch.cat([canvas, paste_in]))).chunk(2)
-            loss_reg = region_simsiam(pred_canvas, pred_paste, z2, partner, valid, use_canvas=self.use_canvas,
+            loss_reg = region_simsiam_loss(pred_canvas, pred_paste, z2, partner, valid, use_canvas=self.use_canvas,
                                       use_paste=self.use_paste)
             loss = loss + self.reg_weight * loss_reg
             out["loss_reg"] = loss_reg.detach()

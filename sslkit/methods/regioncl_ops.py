@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sslkit.methods.numerics import fp32_loss
+from sslkit.methods.simsiam import negative_cosine
 from sslkit.views.regioncl import SwapBox
 
 
@@ -36,6 +38,7 @@ def _masked_ce(logits: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor,
     return (ce * w).sum() / n, acc
 
 
+@fp32_loss
 def region_info_nce(canvas: torch.Tensor, paste_in: torch.Tensor, k: torch.Tensor, queue: torch.Tensor,
                     partner: torch.Tensor, valid: torch.Tensor, temperature: float, *, use_canvas: bool = True,
                     use_paste: bool = True, intra_negative: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,9 +49,9 @@ def region_info_nce(canvas: torch.Tensor, paste_in: torch.Tensor, k: torch.Tenso
     ``intra_negative``, ``sg(paste_in_i)`` (the other region of the same composite). Paste of source ``j``:
     positive ``k_j``, negatives the queue and ``sg(canvas[partner(j)])``. Logit order ``[pos, intra, queue]``
     [C]. ``use_canvas``/``use_paste`` switch a term off (Table 10). Returns (loss, top-1 accuracy).
+    Float32, autocast off (the similarities too).
     """
-    canvas, paste_in = canvas.float(), paste_in.float()
-    k, queue = k.detach().float(), queue.detach().float()
+    k, queue = k.detach(), queue.detach()
     terms = []
     if use_canvas:
         terms.append((canvas, paste_in, valid))
@@ -67,24 +70,21 @@ def region_info_nce(canvas: torch.Tensor, paste_in: torch.Tensor, k: torch.Tenso
     return _masked_ce(torch.cat(logits), torch.cat(rows))
 
 
-def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Per-row D(p, z) = −cos(p, sg(z)) (SimSiam eq. 1, the stop-gradient on ``z``)."""
-    return -F.cosine_similarity(p.float(), z.detach().float(), dim=1)
-
-
-def region_simsiam(pred_canvas: torch.Tensor, pred_paste_in: torch.Tensor, z_other: torch.Tensor,
+@fp32_loss
+def region_simsiam_loss(pred_canvas: torch.Tensor, pred_paste_in: torch.Tensor, z_other: torch.Tensor,
                    partner: torch.Tensor, valid: torch.Tensor, *, use_canvas: bool = True,
                    use_paste: bool = True) -> torch.Tensor:
     """RegionCL-S's region positives ([P] §3.2 "enrich the positive pairs"; form [I] spec §2.5): the mean
     over valid rows of ``D(pred(canvas_i), sg(z_i))`` and ``D(pred(paste_j), sg(z_j))``, ``z`` the
-    projection of each source's other view; ½(D_canvas + D_paste) with both on. No negatives."""
+    projection of each source's other view; ½(D_canvas + D_paste) with both on. No negatives. Float32,
+    autocast off."""
     terms = []
     if use_canvas:
         terms.append((negative_cosine(pred_canvas, z_other), valid))
     if use_paste:
         terms.append((negative_cosine(pred_paste_in[partner], z_other), valid[partner]))
     if not terms:
-        raise ValueError("region_simsiam: both terms are off")
+        raise ValueError("region_simsiam_loss: both terms are off")
     d = torch.cat([t for t, _ in terms])
     w = torch.cat([v for _, v in terms]).to(d.dtype)
     return (d * w).sum() / w.sum().clamp_min(1.0)

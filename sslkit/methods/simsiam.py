@@ -27,7 +27,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from sslkit.methods.base import Method
-from sslkit.methods.regioncl_ops import negative_cosine
+from sslkit.methods.numerics import fp32_loss
 from sslkit.transforms import MultiView, mocov2_views, tune_views
 
 
@@ -45,8 +45,16 @@ def simsiam_predictor(dim: int = 2048, hidden_dim: int = 512) -> nn.Sequential:
                          nn.Linear(hidden_dim, dim))
 
 
+@fp32_loss
+def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Per-row D(p, z) = −cos(p, sg(z)) (eq. 1, the stop-gradient on ``z``). Float32, autocast off."""
+    return -F.cosine_similarity(p, z.detach(), dim=1)
+
+
+@fp32_loss
 def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-    """Algorithm 1: ``D(p1, z2)/2 + D(p2, z1)/2`` with the stop-gradient on ``z``; −1 at the optimum."""
+    """Algorithm 1: ``D(p1, z2)/2 + D(p2, z1)/2`` with the stop-gradient on ``z``; −1 at the optimum.
+    Float32, autocast off."""
     return 0.5 * negative_cosine(p1, z2).mean() + 0.5 * negative_cosine(p2, z1).mean()
 
 
