@@ -245,10 +245,43 @@ REGIONCL_D = {  # RegionCL §4: DenseCL's settings, 200 epochs; the region loss 
     **_REGIONCL_SWAP,
 }
 
+MCL = {  # ../shared/specs/mcl.md §2–3; GuoQiushan/MCL configs/selfsup/MCL/MCL.py, openselfsup/models/mcl.py
+    "arch": ("resnet50", "MCL §4.1: ResNet-50 + FPN [P]"),
+    "image_size": (224, "MCL.py: RandomResizedCrop(224) [C]"),
+    "batch_size": (4096, "MCL.py: 32 GPUs × 128 [C]; §4.1 [P]"),
+    "epochs": (100, "MCL §4.1: 100 ImageNet epochs (COCO: 530) [P]"),
+    "optimizer": ("lars", "MCL §4.1; MCL.py [P][C]"),
+    "lr": (1.0, "MCL §4.1: lr 1.0 × B/256 = 16 at 4096 [P][C]"),
+    "lr_scaling": ("linear", "MCL §4.1: × batch/256 [P]"),
+    "weight_decay": (1e-5, "MCL §4.1 and Table 10d (1e-5 best) [P][C]"),
+    "optim_momentum": (0.9, "MCL.py: LARS momentum 0.9 [C]"),
+    "lars_eta": (1e-3, "MCL.py: LARS η 1e-3 [C]"),
+    "warmup_epochs": (10.0, "MCL §4.1: 10 warm-up epochs [P]"),
+    "warmup_start_factor": (1e-4, "MCL.py: warmup_ratio 1e-4 [C]"),
+    "min_lr": (1e-4, "MCL.py: cosine to min_lr 1e-4 (absolute) [C]"),
+    "sync_bn": (True, "MCL.py: convert_sync_bn [C]"),
+    "grad_clip": (500.0, "MCL.py: grad_clip max_norm 500 [C]"),
+    "ema_momentum": (0.99, "MCL §3 / byol_hook.py: 0.99 → 1 [P][C]"),
+    "ema_schedule": ("cosine", "byol_hook.py: cosine per iteration [P][C]"),
+    "levels": (4, "MCL.py: 4 levels, ratios 1/2/4/8 on P5..P2 [C] (paper's figure: 3)"),
+    "montage_fractions": ("1,1/4,1/16,1/32", "mcl.py batch_sizes [B, B/4, B/16, B/32] [C]"),
+    "downsample": ("nearest", "mcl.py: F.interpolate default mode [C]"),
+    "temperature": (1.0, "latent_pred_head.py: T = 1 with the 2T factor [C]"),
+    "level_weights": ("auto", "mcl.py: 1/2, 1/4, 1/8, 1/8 for 4 levels [C]"),
+    "loss_mode": ("a", "MCL §3.3 / Table 10b: mode (a) best [P]"),
+    "neck": ("fpn", "MCL.py: mmdet-style FPN with BN [C]"),
+    "fpn_dim": (256, "MCL.py: FPN out_channels 256 [C]"),
+    "head_convs": (4, "MCL.py: DetConvGpNonLinearHead, 4 convs [C]"),
+    "head_windows": ("matched", "[I] docs/mcl.md: the windows that enter the loss (the code's 'all': head_windows=all)"),
+    "proj_hidden_dim": (2048, "MCL.py: projector 256 → 2048 → 256 [C]"),
+    "proj_dim": (256, "MCL.py [C]"),
+    "pred_hidden_dim": (2048, "MCL.py: predictors 256 → 2048 → 256, one per level [C]"),
+}
+
 #: method name → its table; a registered method without one fails
 TABLES = {"byol": BYOL, "mocov2": MOCOV2, "simclr": SIMCLR, "detcon-s": DETCON_S, "detcon-b": DETCON_B,
           "orl": ORL, "univip": UNIVIP, "simsiam": SIMSIAM, "densecl": DENSECL, "regioncl-m": REGIONCL_M,
-          "regioncl-s": REGIONCL_S, "regioncl-d": REGIONCL_D}
+          "regioncl-s": REGIONCL_S, "regioncl-d": REGIONCL_D, "mcl": MCL}
 
 
 @pytest.mark.parametrize("name", list(METHODS))

@@ -144,3 +144,13 @@ def _univip(cfg: dict, n: int, g: torch.Generator):
     inst = [torch.stack([views(n, i, g) for _ in range(k)], 1) for _ in range(2)]
     stats = torch.tensor([[float(k), 0.0, 0.0, 0.0]]).repeat(n, 1)
     return views(n, s, g), views(n, s, g), inst[0], inst[1], stats
+
+
+@tiny_batch("mcl", batch_size=4, montage_fractions="1,1/4,1/4,1/4", fpn_dim=16)
+def _mcl(cfg: dict, n: int, g: torch.Generator):
+    """(views (n, 2L, 3, S, S), batch seed): 4 levels × 2 views per image (what MCLViews + mcl_collate make);
+    one montage per coarser level, so 4 images fill every level."""
+    levels = cfg["levels"]
+    return torch.stack([views(n, cfg["image_size"], g) for _ in range(2 * levels)], 1), int(
+        torch.randint(2**31, (1,), generator=g))
+

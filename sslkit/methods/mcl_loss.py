@@ -33,6 +33,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from sslkit.methods.numerics import fp32_loss
+
 LOSS_MODES = ("a", "b", "c", "d")
 #: T [C] (MCL.py ``head.T``; the paper gives no value)
 TEMPERATURE = 1.0
@@ -78,6 +80,7 @@ def contrast(u: torch.Tensor, v: torch.Tensor, u_labels: torch.Tensor, v_labels:
     return loss, pos_cos, neg_cos
 
 
+@fp32_loss
 def direction_loss(online: Sequence[torch.Tensor], online_labels: Sequence[torch.Tensor],
                    targets: dict[int, torch.Tensor], target_labels: dict[int, torch.Tensor], weights: Sequence[float],
                    tau: float, mode: str) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
@@ -97,6 +100,7 @@ def direction_loss(online: Sequence[torch.Tensor], online_labels: Sequence[torch
     return total, stats
 
 
+@fp32_loss
 def mcl_loss(q_online: Sequence[torch.Tensor], q_sources: Sequence[torch.Tensor],
              k_online: Sequence[torch.Tensor], k_sources: Sequence[torch.Tensor],
              q_targets: dict[int, torch.Tensor], q_target_sources: dict[int, torch.Tensor],

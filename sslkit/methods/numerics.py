@@ -27,6 +27,8 @@ def _to_fp32(x: Any) -> Any:
         return x.float() if x.is_floating_point() else x
     if isinstance(x, (tuple, list)):
         return type(x)(_to_fp32(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _to_fp32(v) for k, v in x.items()}
     return x
 
 
