@@ -31,7 +31,8 @@ from torch import nn
 from sslkit import dist
 from sslkit.console import warn
 from sslkit.engine.config import dump_yaml, resolve_precision
-from sslkit.engine.data import SkipAwareCollate, StepBatchSampler
+from sslkit.engine.data import StepBatchSampler
+from sslkit.engine.feed import make_feed, to_device  # noqa: F401 (to_device: its home was here)
 from sslkit.engine.logger import RunLogger
 from sslkit.engine.optim import build_optimizer
 from sslkit.engine.schedules import WarmupCosine, scaled_lr
@@ -67,19 +68,6 @@ def clear_run_outputs(run_dir: Path) -> None:
             p.unlink()
     for p in run_dir.glob("epoch_*.pth"):
         p.unlink()
-
-
-def to_device(x, device: torch.device, channels_last: bool):
-    if isinstance(x, torch.Tensor):
-        x = x.to(device, non_blocking=True)
-        if channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
-    if isinstance(x, (list, tuple)):
-        return type(x)(to_device(v, device, channels_last) for v in x)
-    if isinstance(x, dict):
-        return {k: to_device(v, device, channels_last) for k, v in x.items()}
-    return x
 
 
 class Amp:
@@ -186,7 +174,8 @@ def _train(cfg: dict, opts: RunOptions, info: dist.DistInfo) -> dict | None:
     method_cls = get_method(cfg["method"])
     torch.manual_seed(cfg["seed"])
     source = ImageSource.from_arg(cfg["images"], cfg["image_root"])
-    dataset = method_cls.make_dataset(cfg, source)
+    feed = make_feed(method_cls, cfg, source, device)
+    dataset = feed.dataset
     global_batch = cfg["batch_size"]
     sampler = StepBatchSampler(len(dataset), global_batch, info.rank, world, cfg["seed"])
     spe = sampler.steps_per_epoch
@@ -230,7 +219,7 @@ def _train(cfg: dict, opts: RunOptions, info: dist.DistInfo) -> dict | None:
 
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=cfg["workers"], pin_memory=device.type == "cuda",
-        persistent_workers=cfg["workers"] > 0, collate_fn=SkipAwareCollate(method_cls.collate),
+        persistent_workers=cfg["workers"] > 0, collate_fn=feed.collate,
         generator=torch.Generator())
     skipped = SkippedImages(run_dir / SKIPPED, main)
     logger = RunLogger(run_dir, main, opts.quiet, cfg["tensorboard"], total, step, global_batch, spe,
@@ -280,11 +269,10 @@ def _train(cfg: dict, opts: RunOptions, info: dist.DistInfo) -> dict | None:
             if stop or step >= end:
                 break
             sampler.set_epoch(epoch, step - epoch * spe)
-            for batch, bad in loader:
+            for batch, bad in feed.batches(loader):
                 if bad:
                     skipped.add(bad)
                 lr = schedule(step)
-                batch = to_device(batch, device, cfg["channels_last"])
                 out, extra = train_step(ddp, model, optimizer, amp, batch, lr, step, total)
                 step += 1
                 for k, v in out.items():
