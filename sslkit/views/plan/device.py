@@ -19,6 +19,8 @@ the method's batch.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -26,6 +28,10 @@ from sslkit.io.images import ImageDecodeError, load_rgb
 from sslkit.transforms.params import ROW
 from sslkit.transforms.render_device import render_views
 from sslkit.views.plan.dataset import PlanBatch, PlanDataset
+
+# torchvision 0.29 warns at every decode call (TorchCodec supersedes it); once is enough to know
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
 
 
 def _upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -44,6 +50,8 @@ def _orient_chw(x: torch.Tensor, orientation: int) -> torch.Tensor:
 
 
 def _decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | Exception]:
+    """torchvision's batched JPEG decoder (nvJPEG on CUDA; deprecated in torchvision 0.29 in favour
+    of TorchCodec, still there); a failure of the batch call is retried image by image."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     if not datas:
