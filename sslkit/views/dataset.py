@@ -53,7 +53,9 @@ class ImageDataset(Dataset):
             try:
                 image = self.read(record)
                 with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(sample_seed(self.seed, epoch, index))
+                    # the CPU generator only: torch.manual_seed would also (lazily) reseed every CUDA
+                    # device, recording a stack trace per call (a few ms per sample)
+                    torch.random.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
                     sample = self.make_sample(image, record)
                 break
             except ImageDecodeError as e:
