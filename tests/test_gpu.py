@@ -213,7 +213,7 @@ def test_device_decoding_matches_the_cpu_decoder(tmp_path):
     from sslkit.io.encoded import read_encoded
     from sslkit.io.images import load_rgb
     from sslkit.views.plan import collate_plans
-    from sslkit.views.plan.device import decode_sources
+    from sslkit.views.plan.device import DECODE_COUNTS, decode_sources
 
     photo = real_photo("astronaut", 200)[:, :150]
     files = [_jpeg(tmp_path / f"o{o}.jpg", photo, o) for o in range(1, 9)]
@@ -221,8 +221,11 @@ def test_device_decoding_matches_the_cpu_decoder(tmp_path):
               _jpeg(tmp_path / "odd.jpg", photo[:101, :77], subsampling=0)]
     encoded = [read_encoded(f, f.name) for f in files]
     batch = collate_plans([([e], np.zeros((1, 19)), ()) for e in encoded])
+    before = dict(DECODE_COUNTS)
     images, failed = decode_sources(batch, torch.device(DEVICE))
     assert not failed
+    # the plain baseline JPEGs (every EXIF orientation) decode on the device, not by the CPU fallback
+    assert DECODE_COUNTS["device"] - before["device"] >= 8, {k: DECODE_COUNTS[k] - before[k] for k in before}
     for f, img in zip(files, images, strict=True):
         want, _ = load_rgb(f)
         got = img.permute(1, 2, 0).cpu().numpy().astype(int)

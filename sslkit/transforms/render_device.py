@@ -2,7 +2,7 @@
 the ``data_path: gpu`` renderer (it runs on CPU tensors too, which is how it is tested).
 
 Per view, crop + resize is one antialiased ``F.interpolate`` of the crop (the kernel torchvision's
-tensor pipelines use; crops differ in size, so this is the one per-view loop). Everything after it
+tensor pipelines use; crops differ in size, so this is the one per-view loop, one kernel a view). Everything after it
 runs on the whole batch with per-sample parameters, through kornia's functional ops, which take a
 factor per sample and match torchvision's definitions: flip; colour jitter with each sample's own
 op order (for each of the four positions and each op, the samples that have that op there);
@@ -55,18 +55,22 @@ def _apply_subset(out: torch.Tensor, rows_idx: np.ndarray, fn, *args) -> None:
 
 def crop_resize(images: list[torch.Tensor], rows: np.ndarray, which: np.ndarray, aug: ViewAug) -> torch.Tensor:
     """(N, 3, S, S) float32 in [0, 255]: row ``i``'s box of ``images[which[i]]`` ((3, H, W) uint8,
-    upright) resized to the aug's size, antialiased."""
+    upright) resized to the aug's size, antialiased. One interpolation per view (the crops differ in
+    size), each image made float once for its consecutive views, one concatenation at the end."""
     n, s = len(rows), aug.size
-    device = images[0].device if images else torch.device("cpu")
-    out = torch.empty((n, 3, s, s), device=device, dtype=torch.float32)
+    if n == 0:
+        device = images[0].device if images else torch.device("cpu")
+        return torch.empty((0, 3, s, s), device=device, dtype=torch.float32)
+    outs, last, img = [], -1, None
     for i in range(n):
-        img = images[int(which[i])]
+        k = int(which[i])
+        if k != last:
+            img, last = images[k].float(), k
         x1, y1, x2, y2 = pixel_crop(rows[i, ROW["x1"]:ROW["y2"] + 1], img.shape[1], img.shape[2])
-        crop = img[None, :, y1:y2, x1:x2].float()
-        if crop.shape[-2:] == (s, s):
-            out[i] = crop[0]
-        else:
-            out[i] = F.interpolate(crop, size=(s, s), mode=aug.interpolation, antialias=True, align_corners=False)[0]
+        crop = img[None, :, y1:y2, x1:x2]
+        outs.append(crop if crop.shape[-2:] == (s, s) else
+                    F.interpolate(crop, size=(s, s), mode=aug.interpolation, antialias=True, align_corners=False))
+    out = torch.cat(outs)
     if aug.interpolation != "bilinear":
         out.clamp_(0.0, 255.0)  # bicubic overshoots; the uint8 pipelines saturate
     return out

@@ -34,6 +34,11 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
                         category=DeprecationWarning)
 
 
+#: how the sources were decoded so far in this process: on the device, by the CPU fallback (a JPEG
+#: nvJPEG refused), or already in the worker (not a plain JPEG) — for diagnostics and the GPU check
+DECODE_COUNTS = {"device": 0, "cpu_fallback": 0, "worker": 0}
+
+
 def _upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device, non_blocking=True) if device.type == "cuda" else t
 
@@ -88,7 +93,9 @@ def decode_sources(batch: PlanBatch, device: torch.device) -> tuple[list[torch.T
             out = _orient_chw(out, o)
             if out.shape[-2:] == (h, w):
                 images[i] = out
+                DECODE_COUNTS["device"] += 1
                 continue
+        DECODE_COUNTS["cpu_fallback"] += 1
         try:  # nvJPEG could not (or decoded another size): the CPU path's decoder decides
             pixels, _ = load_rgb(batch.paths[i])
             if pixels.shape[:2] != (h, w):
@@ -100,6 +107,7 @@ def decode_sources(batch: PlanBatch, device: torch.device) -> tuple[list[torch.T
         if not batch.is_jpeg[i]:
             h, w, _ = (int(v) for v in batch.sizes[i])
             images[i] = _upload(span(i).view(h, w, 3).permute(2, 0, 1), device)
+            DECODE_COUNTS["worker"] += 1
     return images, failed
 
 
