@@ -74,7 +74,7 @@ class Feed:
 def make_feed(method_cls, cfg: dict, source, device: torch.device) -> Feed:
     """The dataset, collate and device step of ``cfg["data_path"]`` for ``method_cls``."""
     path = cfg["data_path"]
-    mode = {"cpu": "cpu", "gpu": "gpu"}.get(path)
+    mode = path if path in ("cpu", "gpu") else None
     plan = method_cls.make_plan_dataset(cfg, source, mode) if mode else None
     if path == "gpu" and plan is None:
         raise UserError(f"{method_cls.name} has no GPU data path (its views are not planned)", None,
