@@ -236,9 +236,8 @@ def register(app: typer.Typer) -> None:
                       lr_scaling=lr_scaling, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
                       temperature=temperature, queue_size=queue_size, ema_momentum=ema_momentum, seed=seed,
                       precision=precision, channels_last=channels_last, compile=compile_, data_path=data_path,
-                      workers=workers,
-                      sync_bn=sync_bn, save_every=save_every, keep_last=keep_last, log_every=log_every,
-                      max_steps=max_steps, tensorboard=tensorboard)
+                      workers=workers, sync_bn=sync_bn, save_every=save_every, keep_last=keep_last,
+                      log_every=log_every, max_steps=max_steps, tensorboard=tensorboard)
         summary = run_pretrain(images, out, values, config, set_, gpus, procs, nodes, node_rank, rdzv_endpoint,
                                resume, print_config, quiet)
         if summary is None:

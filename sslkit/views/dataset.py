@@ -7,8 +7,8 @@ function of (seed, epoch, index) only, not of the number of workers, of prefetch
 run was resumed (the engine's sampler, :mod:`sslkit.engine.data`, fixes which indices a step takes).
 
 Unreadable images: the sample is replaced by the next readable image in source order, drawn with
-the same seed (so batch sizes stay equal on every rank) and the file is reported back with the sample; the trainer warns
-once per file and lists them in ``RUN_DIR/skipped_images.tsv``.
+the same seed (so batch sizes stay equal on every rank), and the file is reported back with the
+sample; the trainer warns once per file and lists them in ``RUN_DIR/skipped_images.tsv``.
 """
 
 from __future__ import annotations
