@@ -11,8 +11,8 @@ Two measurements, both implementations in the same process and run, same backbon
   ``update_momentum``, ``deactivate_requires_grad``, backbone = ResNet children[:-1]).
   The two alternate over ``--repeats`` rounds; the median is reported.
 * ``e2e``: with data loading from JPEG files. sslkit: ``sslkit.engine.pretrain.train`` (the whole
-  ``sslkit pretrain`` loop: dataset, v2 augmentations, sampler, logging, no checkpoints inside the
-  timed window) with throughput from its log; lightly: ``LightlyDataset`` + ``BYOLTransform``
+  ``sslkit pretrain`` loop: dataset, views on each ``--data-paths`` path, sampler, logging, no
+  checkpoints inside the timed window) with throughput from its log; lightly: ``LightlyDataset`` + ``BYOLTransform``
   (its BYOL view pipelines) + ``DataLoader`` + the loop above. Without ``--images`` a folder of
   640×480 JPEGs is generated from skimage's bundled photos.
 
@@ -200,23 +200,51 @@ def make_images(folder: Path, n: int) -> Path:
     return folder
 
 
-def e2e_sslkit(args, images: Path, work: Path) -> float:
-    from sslkit.engine.config import resolve
+def e2e_sslkit(args, images: Path, work: Path, data_path: str = "cpu", method: str = "byol",
+               extra: dict | None = None) -> float:
+    """img/s of ``sslkit pretrain``'s loop (``train``) between the log of step ``warmup`` and the last
+    step; with ``--images`` a COCO json, method settings (masks, views) come in ``extra``. The run's
+    peak device memory is in ``LAST_PEAK_MEMORY_GB`` afterwards (CUDA)."""
+    from sslkit.engine import config as C
     from sslkit.engine.pretrain import RunOptions, train
-    from sslkit.methods import BYOL
+    from sslkit.methods import get_method
 
+    cls = get_method(method)
     total = args.warmup + args.steps
-    cfg = resolve(BYOL, [("benchmark", {
-        "images": str(images), "arch": args.arch, "image_size": args.image_size, "batch_size": args.batch_size,
-        "proj_hidden_dim": args.hidden, "pred_hidden_dim": args.hidden, "precision": args.precision,
-        "device": args.device, "channels_last": args.channels_last, "workers": args.workers,
-        "epochs": 1000, "warmup_epochs": 0.0, "max_steps": total, "log_every": 1, "save_every": 0,
-        "tensorboard": False, "lr": args.lr * 256 / args.batch_size, "sync_bn": False})])
-    run_dir = work / "sslkit_run"
+    layer = {"images": str(images), "arch": args.arch, "image_size": args.image_size, "batch_size": args.batch_size,
+             "proj_hidden_dim": args.hidden, "pred_hidden_dim": args.hidden, "precision": args.precision,
+             "device": args.device, "channels_last": args.channels_last, "workers": args.workers,
+             "data_path": data_path, "epochs": 1000, "warmup_epochs": 0.0, "max_steps": total, "log_every": 1,
+             "save_every": 0, "tensorboard": False, "lr": args.lr * 256 / args.batch_size, "sync_bn": False,
+             **(extra or {})}
+    keys = C.method_keys(cls)
+    cfg = C.resolve(cls, [("benchmark", {k: v for k, v in layer.items() if k in keys})])
+    run_dir = work / f"sslkit_run_{method}_{data_path}"
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     train(cfg, RunOptions(run_dir=str(run_dir), quiet=True, fresh=True, command="benchmark"))
+    global LAST_PEAK_MEMORY_GB
+    LAST_PEAK_MEMORY_GB = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
     logs = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
     t0 = next(r["elapsed_s"] for r in logs if r["step"] == args.warmup)
     return args.steps * args.batch_size / (logs[-1]["elapsed_s"] - t0)
+
+
+LAST_PEAK_MEMORY_GB: float | None = None
+
+
+def image_folder(images: Path, work: Path) -> Path:
+    """``images`` itself, or for a COCO json a folder of links to the files it lists (in its order)."""
+    if images.is_dir():
+        return images
+    from sslkit.io.images import ImageSource
+
+    folder = work / "lightly_images"
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        for i, rec in enumerate(ImageSource.from_arg(images)):
+            (folder / f"{i:06d}{Path(rec.file_name).suffix}").symlink_to(Path(rec.path).resolve())
+    return folder
 
 
 def e2e_lightly(args, images: Path) -> float:
@@ -225,7 +253,7 @@ def e2e_lightly(args, images: Path) -> float:
 
     transform = BYOLTransform(view_1_transform=BYOLView1Transform(input_size=args.image_size),
                               view_2_transform=BYOLView2Transform(input_size=args.image_size))
-    dataset = LightlyDataset(input_dir=str(images), transform=transform)
+    dataset = LightlyDataset(input_dir=str(image_folder(Path(images), Path(images).parent)), transform=transform)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          num_workers=args.workers, pin_memory=args.device == "cuda",
                                          persistent_workers=args.workers > 0)
@@ -255,10 +283,12 @@ def bench_e2e(args) -> dict:
         work = Path(tmp)
         images = Path(args.images) if args.images else make_images(
             work / "images", min(1024, args.batch_size * (args.warmup + args.steps)))
-        results = {"sslkit": [], "lightly": []}
+        names = [f"sslkit {p}" for p in args.data_paths.split(",")] + ["lightly"]
+        results: dict[str, list[float]] = {n: [] for n in names}
         for r in range(args.repeats):
-            for name in (("sslkit", "lightly") if r % 2 == 0 else ("lightly", "sslkit")):
-                results[name].append(e2e_sslkit(args, images, work) if name == "sslkit" else e2e_lightly(args, images))
+            for name in (names if r % 2 == 0 else names[::-1]):
+                results[name].append(e2e_lightly(args, images) if name == "lightly" else
+                                     e2e_sslkit(args, images, work, name.split()[1]))
     return {k: {"img_per_s": statistics.median(v), "runs": v} for k, v in results.items()}
 
 
@@ -284,7 +314,7 @@ def markdown(report: dict) -> str:
              "| mode | implementation | img/s | ms/step | sslkit / lightly |", "|---|---|---:|---:|---:|"]
     for mode, res in report["results"].items():
         base = res["lightly"]["img_per_s"]
-        for impl in ("sslkit", "lightly"):
+        for impl in res:
             ips = res[impl]["img_per_s"]
             lines.append(f"| {mode} | {impl} | {ips:.1f} | {1000 * s['batch_size'] / ips:.1f} | {ips / base:.2f}× |")
     return "\n".join(lines)
@@ -306,6 +336,7 @@ def main(argv=None) -> int:
     p.add_argument("--modes", default="step,e2e", help="comma list of step, e2e")
     p.add_argument("--images", help="image folder for e2e (default: generated 640×480 JPEGs)")
     p.add_argument("--workers", type=int, default=4, help="DataLoader workers for e2e")
+    p.add_argument("--data-paths", default="cpu", help="e2e: comma list of sslkit data paths (cpu, gpu, pil)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--json", dest="json_path", help="also write the JSON record here")

@@ -18,6 +18,11 @@ echo "== BYOL step throughput vs lightly (issue 4)"
 [ -f "$OUT/throughput.md" ] || $PY benchmarks/pretrain_throughput.py --json "$OUT/throughput.json" \
   | tee "$OUT/throughput.md"
 
+echo "== data path per CPU core: decode + two BYOL views, sslkit vs lightly (issue 21)"
+$PY benchmarks/data_throughput.py --n 64 --repeats 3 --json "$OUT/data_throughput.json" | tee "$OUT/data_throughput.md"
+$PY benchmarks/data_throughput.py --n 64 --repeats 3 --image-size 96 --json "$OUT/data_throughput_96.json" \
+  | tee "$OUT/data_throughput_96.md"
+
 echo "== artefacts for the object-level methods (small crops: only their existence matters here)"
 T=bench-data/train.json
 [ -f "$OUT/fh.h5" ] || $SS propose $T --algo felzenszwalb -o "$OUT/fh.h5" -q

@@ -375,3 +375,33 @@ def test_stage3_resumes_exactly_with_the_views_path_given_relative(chain, tmp_pa
     assert a["step"] == b["step"] == 4
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+# ----------------------------------------------------------------------------- planned data paths
+
+def _plan_batch(plan, n):
+    from sslkit.views.plan.device import DeviceViews
+
+    batch = plan.collate([plan[(0, i)][0] for i in range(n)])
+    if plan.mode == "cpu":
+        return plan.finish(batch, torch.device("cpu"))
+    return DeviceViews(plan, torch.device("cpu"))(batch)[0]
+
+
+def test_stage3_plans_draw_the_reference_samples(chain):
+    """cpu and gpu paths: the same boxes, jitter, kNN pairs and patches (on the same pixels) as the
+    reference samples for the same seeds; PIL's blur is not the tensor one, so views are compared unblurred."""
+    from sslkit.io.images import ImageSource
+    from sslkit.methods.orl import ORL
+
+    cfg = _cfg(chain / "pairs.h5", images=str(chain / "demo" / "train.json"), view_aug="blur_p=0")
+    src = ImageSource.from_arg(cfg["images"])
+    ref = torch.utils.data.default_collate([ORL.make_dataset(cfg, src)[(0, i)][0] for i in range(8)])
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1) * 255
+    for mode in ("cpu", "gpu"):
+        got = _plan_batch(ORL.make_plan_dataset(cfg, src, mode), 8)
+        torch.testing.assert_close(got["fallback"], ref["fallback"])
+        for branch in ("global", "intra", "inter"):
+            for a, b in zip(got[branch], ref[branch], strict=True):
+                assert a.shape == b.shape
+                assert float(((a - b) * std).abs().mean()) < 3.0, (mode, branch)  # ~1.3; another box: tens

@@ -500,3 +500,25 @@ def test_show_renders_the_sampled_views(scenes, tmp_path):
     from PIL import Image
 
     assert Image.open(png).size == (again.image.shape[1], again.image.shape[0])
+
+
+def test_plans_draw_the_reference_samples(scenes):
+    """cpu and gpu paths: the same scene pair, instance boxes and statistics as the reference samples,
+    the instances on the same pixels (compared unblurred: PIL's blur is not the tensor one)."""
+    from sslkit.io.images import ImageSource
+    from sslkit.views.plan.device import DeviceViews
+
+    cls = METHODS["univip"]
+    cfg = _cfg(views=str(scenes / "props.h5"), filter_min_size=16, view_aug="blur_p=0")
+    src = ImageSource.from_arg(scenes / "demo" / "train.json")
+    ref = torch.utils.data.default_collate([cls.make_dataset(cfg, src)[(0, i)][0] for i in range(6)])
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1) * 255
+    for mode in ("cpu", "gpu"):
+        plan = cls.make_plan_dataset(cfg, src, mode)
+        batch = plan.collate([plan[(0, i)][0] for i in range(6)])
+        got = plan.finish(batch, torch.device("cpu")) if mode == "cpu" else \
+            DeviceViews(plan, torch.device("cpu"))(batch)[0]
+        torch.testing.assert_close(got[4], ref[4])
+        for a, b in zip(got[:4], ref[:4], strict=True):
+            assert a.shape == b.shape and a.shape[0] == 6
+            assert float(((a - b) * std).abs().mean()) < 3.0, mode  # a shifted box would differ by tens

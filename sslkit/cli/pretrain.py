@@ -26,6 +26,7 @@ DetCon, --views pairs.h5 for ORL/UniVIP, --temperature 0.2 --queue-size 4096 for
 Examples:
   sslkit pretrain coco/train2017 --method byol --out runs/byol
   sslkit pretrain imgs/ -m simclr -o runs/s --batch-size 512 --gpus 8 --precision bf16
+  sslkit pretrain coco/train2017 -m byol -o runs/b --gpus 1 --data-path gpu --channels-last
   sslkit pretrain imgs/ -m mocov2 -o runs/m --procs 2 --arch resnet18 --image-size 96
   sslkit pretrain coco/train2017 -m mcl -o runs/mcl --gpus 8     # backbone + FPN + box head
   sslkit pretrain imagenet/train -m regioncl-m -o runs/rclm --gpus 8
@@ -115,6 +116,8 @@ def register(app: typer.Typer) -> None:
         channels_last: bool | None = typer.Option(None, "--channels-last/--no-channels-last",
                                                      help="NHWC memory format."),
         compile_: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the backbones."),
+        data_path: str | None = typer.Option(None, help="Where views are decoded and augmented: cpu (loader "
+                                              "workers), gpu (batched on the training device; sslkit[gpu]) or pil."),
         sync_bn: bool | None = typer.Option(None, "--sync-bn/--no-sync-bn", help="SyncBatchNorm on multi-GPU."),
         workers: int | None = typer.Option(None, help="DataLoader workers per rank."),
         save_every: int | None = typer.Option(None, help="Write last.pth every N steps (0: epoch ends only)."),
@@ -136,7 +139,7 @@ def register(app: typer.Typer) -> None:
                       image_size=image_size, batch_size=batch_size, epochs=epochs, optimizer=optimizer, lr=lr,
                       lr_scaling=lr_scaling, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
                       ema_momentum=ema_momentum, seed=seed,
-                      precision=precision, channels_last=channels_last, compile=compile_, workers=workers,
+                      precision=precision, channels_last=channels_last, compile=compile_, data_path=data_path, workers=workers,
                       sync_bn=sync_bn, save_every=save_every, keep_last=keep_last, log_every=log_every,
                       max_steps=max_steps, tensorboard=tensorboard)
         from sslkit.config import load_config_file, parse_set

@@ -52,6 +52,12 @@ ENGINE_KEYS: dict[str, Key] = {
     "precision": Key("auto", str, "autocast precision (auto: bf16 on a bf16-capable GPU, else fp32)",
                      choices=("auto", "fp32", "bf16", "fp16"), runtime=True),
     "channels_last": Key(False, bool, "NHWC memory format", runtime=True),
+    "data_path": Key("cpu", str, "where views are decoded and augmented: cpu (loader workers: OpenCV, reduced-size "
+                     "JPEG decoding), gpu (workers read file bytes; nvJPEG decoding and augmentation batched on the "
+                     "training device; needs sslkit[gpu]) or pil (the torchvision/PIL reference pipelines); all three "
+                     "draw the same views", choices=("cpu", "gpu", "pil"), runtime=True),
+    "data_prefetch": Key(2, int, "data_path gpu on CUDA: batches decoded and augmented ahead on a side stream "
+                         "(0: in the loop)", runtime=True),
     "compile": Key(False, bool, "torch.compile the backbones", runtime=True),
     "workers": Key(None, int, "DataLoader workers per rank (default: CPUs per rank − 1, at most 8)",
                    runtime=True, optional=True),
@@ -125,6 +131,8 @@ def validate(cfg: dict) -> None:
         raise UserError(f"warmup_epochs {cfg['warmup_epochs']} is longer than epochs {cfg['epochs']}", None,
                         f"pass --warmup-epochs {min(cfg['warmup_epochs'], cfg['epochs'] / 10):g} (or any value ≤ "
                         f"--epochs), or train longer")
+    if cfg["data_prefetch"] < 0:
+        raise UserError("data_prefetch must be >= 0")
     if cfg["workers"] is not None and cfg["workers"] < 0:
         raise UserError("workers must be >= 0")
     if cfg["max_steps"] is not None and cfg["max_steps"] < 1:

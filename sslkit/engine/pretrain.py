@@ -28,10 +28,11 @@ from sslkit.console import warn
 from sslkit.dist import detect_launcher
 from sslkit.engine import config as C
 from sslkit.engine.config import dump_yaml, resolve_precision
-from sslkit.engine.data import SkipAwareCollate, StepBatchSampler
+from sslkit.engine.data import StepBatchSampler
+from sslkit.engine.feed import make_feed
 from sslkit.engine.launch import device_layout, launch
 from sslkit.engine.logger import RunLogger
-from sslkit.engine.loop import Amp, CheckpointHook, LogHook, Loop, to_device
+from sslkit.engine.loop import Amp, CheckpointHook, LogHook, Loop
 from sslkit.engine.optim import build_optimizer
 from sslkit.engine.rundir import (
     LAST,
@@ -114,7 +115,8 @@ def _train(cfg: dict, opts: RunOptions, info: dist.DistInfo) -> dict | None:
     method_cls = get_method(cfg["method"])
     torch.manual_seed(cfg["seed"])
     source = ImageSource.from_arg(cfg["images"], cfg["image_root"])
-    dataset = method_cls.make_dataset(cfg, source)
+    feed = make_feed(method_cls, cfg, source, device)  # the data path: cpu (OpenCV), gpu (on the device) or pil
+    dataset = feed.dataset
     global_batch = cfg["batch_size"]
     sampler = StepBatchSampler(len(dataset), global_batch, info.rank, world, cfg["seed"])
     spe = sampler.steps_per_epoch
@@ -147,12 +149,12 @@ def _train(cfg: dict, opts: RunOptions, info: dist.DistInfo) -> dict | None:
 
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=cfg["workers"], pin_memory=device.type == "cuda",
-        persistent_workers=cfg["workers"] > 0, collate_fn=SkipAwareCollate(method_cls.collate),
+        persistent_workers=cfg["workers"] > 0, collate_fn=feed.collate,
         generator=torch.Generator())
     skipped = SkippedImages(run_dir / SKIPPED, main)
     logger = RunLogger(run_dir, main, opts.quiet, cfg["tensorboard"], total, step, global_batch, spe,
                        resumed=opts.resume_from is not None)
-    loop = Loop(optimizer, amp, lambda batch: module(to_device(batch, device, cfg["channels_last"])), schedule,
+    loop = Loop(optimizer, amp, module, schedule,
                 total, start=step, stop=cfg["max_steps"] or total, after_step=model.on_after_step,
                 grad_clip=cfg.get("grad_clip"), elapsed_before=elapsed_before)
 
@@ -192,7 +194,7 @@ def _train(cfg: dict, opts: RunOptions, info: dist.DistInfo) -> dict | None:
     def batches():
         for epoch in range(loop.step // spe, cfg["epochs"]):
             sampler.set_epoch(epoch, loop.step - epoch * spe)
-            for batch, bad in loader:
+            for batch, bad in feed.batches(loader):  # on the device, views made (gpu path) or moved there
                 if bad:
                     skipped.add(bad)
                 yield batch

@@ -20,6 +20,11 @@ A method is an ``nn.Module`` built from the resolved config. It owns
 * class-level ``DEFAULTS`` (its hyper-parameters, overriding the engine's defaults where they
   differ, e.g. optimizer and lr) with ``HELP`` for its own keys, and :meth:`make_transform`, the
   view pipeline for one decoded image;
+* :meth:`make_plan_dataset`, its views as per-sample parameter rows for the planned data paths
+  (``data_path: cpu`` renders them in the loader workers, ``gpu`` on the training device): any
+  method whose views are a plain :class:`~sslkit.transforms.MultiView` gets it from the base
+  class; a method with geometry (masks, boxes, second images) declares its own, and one that has
+  none trains on ``data_path: cpu`` through its ``make_dataset`` and refuses ``gpu``;
 * optionally ``view_stage``, its offline view stage (:class:`sslkit.views.stage.ViewStage`), which
   ``sslkit sample-views -m NAME`` runs.
 
@@ -109,6 +114,25 @@ class Method(nn.Module, abc.ABC):
         from sslkit.views.dataset import ImageDataset
 
         return ImageDataset(source, cls.make_transform(cfg), seed=cfg["seed"])
+
+    @classmethod
+    def make_plan_dataset(cls, cfg: dict, source, mode: str) -> Dataset | None:
+        """Its views as a :class:`~sslkit.views.plan.PlanDataset` (``mode`` "cpu": rendered in the
+        loader worker, "gpu": on the training device), or None when it has no plan.
+
+        The base class plans the views of a method that keeps the base ``make_dataset`` and
+        ``collate`` and whose ``make_transform`` is a plain ``MultiView`` (one row per ViewAug);
+        any other method returns None unless it overrides this.
+        """
+        from sslkit.transforms import MultiView
+        from sslkit.views.plan import MultiViewPlan
+
+        if cls.make_dataset.__func__ is not Method.make_dataset.__func__ or cls.collate is not default_collate:
+            return None
+        transform = cls.make_transform(cfg)
+        if type(transform) is not MultiView:
+            return None
+        return MultiViewPlan(source, transform.views, cfg["seed"], mode)
 
     @classmethod
     def validate(cls, cfg: dict) -> None:

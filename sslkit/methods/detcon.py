@@ -89,13 +89,25 @@ class _DetCon(Method):
         views = tune_views(cls.view_augs(cfg["image_size"]), cfg["blur_reference_size"], cfg["view_aug"])
         return DetConViews(views, cfg["num_masks"], keep_labels=cfg["mask_pool"] == "soft")
 
-    @classmethod
-    def make_dataset(cls, cfg: dict, source):
-        from sslkit.views.detcon import DetConDataset, MaskStore
+    @staticmethod
+    def mask_store(cfg: dict):
+        from sslkit.views.detcon import MaskStore
 
         fields = cfg["mask_fields"]
-        store = MaskStore(cfg["masks"], "all" if fields == "all" else [f.strip() for f in fields.split(",")])
-        return DetConDataset(source, store, cls.make_transform(cfg), cfg["seed"])
+        return MaskStore(cfg["masks"], "all" if fields == "all" else [f.strip() for f in fields.split(",")])
+
+    @classmethod
+    def make_dataset(cls, cfg: dict, source):
+        from sslkit.views.detcon import DetConDataset
+
+        return DetConDataset(source, cls.mask_store(cfg), cls.make_transform(cfg), cfg["seed"])
+
+    @classmethod
+    def make_plan_dataset(cls, cfg: dict, source, mode: str):
+        from sslkit.views.plan.detcon import DetConPlan
+
+        t = cls.make_transform(cfg)
+        return DetConPlan(source, cls.mask_store(cfg), t.views, t.num_masks, t.keep_labels, cfg["seed"], mode)
 
     @classmethod
     def validate(cls, cfg: dict) -> None:

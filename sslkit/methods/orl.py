@@ -101,6 +101,15 @@ class ORL(BYOL):
                           k_used=cfg["knn_k_used"], pair_ratio_used=cfg["pair_ratio_used"], branches=cls.branches(cfg))
 
     @classmethod
+    def make_plan_dataset(cls, cfg: dict, source, mode: str):
+        from sslkit.views.orl import OrlPairs
+        from sslkit.views.plan.orl import ORLPlan
+
+        return ORLPlan(source, OrlPairs(cfg["views"]), cfg["seed"], mode, cfg["image_size"], cfg["patch_size"],
+                       cfg["blur_reference_size"], cfg["view_aug"], k_used=cfg["knn_k_used"],
+                       pair_ratio_used=cfg["pair_ratio_used"], branches=cls.branches(cfg))
+
+    @classmethod
     def validate(cls, cfg: dict) -> None:
         super().validate(cfg)
         if not cfg["views"]:

@@ -45,7 +45,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, directions: 
     big_n = k1.shape[0]
     own = torch.arange(n, device=z1.device) + dist.rank() * n  # global indices of this rank's images
     queries = torch.cat([z1, z2])
-    logits = queries @ torch.cat([k1, k2]).T / temperature  # (2n, 2N)
+    with torch.autocast(z1.device.type, enabled=False):  # float32 logits (bf16 would round them to ~1%)
+        logits = queries @ torch.cat([k1, k2]).T / temperature  # (2n, 2N)
     rows = torch.arange(2 * n, device=z1.device)
     self_cols = torch.cat([own, own + big_n])
     logits = logits.index_put((rows, self_cols), logits.new_tensor(float("-inf")))

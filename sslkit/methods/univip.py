@@ -169,17 +169,30 @@ class UniVIP(BYOL):
         return cfg["num_instances"] > 0 and not cfg["naive_only"]
 
     @classmethod
-    def make_dataset(cls, cfg: dict, source):
+    def candidate_store(cls, cfg: dict):
+        """The candidate boxes (None when no term needs them)."""
         from sslkit.proposals.filters import BoxFilter
         from sslkit.views.candidates import CandidateBoxes
+
+        if not cls.needs_candidates(cfg):
+            return None
+        filt = BoxFilter(cfg["filter_min_size"], cfg["filter_max_ratio"], cfg["filter_max_iou"],
+                         cfg["filter_top_n"], fallback=False)
+        return CandidateBoxes.open(cfg["views"], filt, field=cfg["candidate_field"], accept_views=True)
+
+    @classmethod
+    def make_dataset(cls, cfg: dict, source):
         from sslkit.views.univip import UniVIPDataset
 
-        store = None
-        if cls.needs_candidates(cfg):
-            filt = BoxFilter(cfg["filter_min_size"], cfg["filter_max_ratio"], cfg["filter_max_iou"],
-                             cfg["filter_top_n"], fallback=False)
-            store = CandidateBoxes.open(cfg["views"], filt, field=cfg["candidate_field"], accept_views=True)
-        return UniVIPDataset(source, store, cls.make_transform(cfg), cfg["seed"])
+        return UniVIPDataset(source, cls.candidate_store(cfg), cls.make_transform(cfg), cfg["seed"])
+
+    @classmethod
+    def make_plan_dataset(cls, cfg: dict, source, mode: str):
+        from sslkit.views.plan.univip import UniVIPPlan
+
+        views = cls.make_transform(cfg)
+        return UniVIPPlan(source, cls.candidate_store(cfg), views.sampler, cfg["seed"], mode, cfg["image_size"],
+                          cfg["instance_size"], views.instances, cfg["blur_reference_size"], cfg["view_aug"])
 
     @classmethod
     def validate(cls, cfg: dict) -> None:

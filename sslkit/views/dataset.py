@@ -6,9 +6,9 @@ generator seeded by ``(seed, epoch, index)`` inside :func:`torch.random.fork_rng
 function of (seed, epoch, index) only, not of the number of workers, of prefetching, or of where a
 run was resumed (the engine's sampler, :mod:`sslkit.engine.data`, fixes which indices a step takes).
 
-Unreadable images: the sample is replaced by the next readable image in source order (so batch
-sizes stay equal on every rank) and the file is reported back with the sample; the trainer warns
-once per file and lists them in ``RUN_DIR/skipped_images.tsv``.
+Unreadable images: the sample is replaced by the next readable image in source order, drawn with
+the same seed (so batch sizes stay equal on every rank), and the file is reported back with the
+sample; the trainer warns once per file and lists them in ``RUN_DIR/skipped_images.tsv``.
 """
 
 from __future__ import annotations
@@ -51,18 +51,27 @@ class ImageDataset(Dataset):
         for attempt in range(min(n, MAX_CONSECUTIVE_UNREADABLE)):
             record = self.source[(index + attempt) % n]
             try:
-                image, _ = load_rgb(record.path)
+                image = self.read(record)
+                with torch.random.fork_rng(devices=[]):
+                    # the CPU generator only: torch.manual_seed would also (lazily) reseed every CUDA
+                    # device, recording a stack trace per call (a few ms per sample)
+                    torch.random.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
+                    sample = self.make_sample(image, record)
                 break
             except ImageDecodeError as e:
                 skipped.append((record.file_name, e.reason))
         else:
             raise RuntimeError(f"{len(skipped)} images in a row could not be decoded (from "
                                f"{self.source[index].file_name}); check the image folder")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
-            sample = self.make_sample(image, record)
         return sample, skipped
 
+    def read(self, record: ImageRecord):
+        """The image of ``record`` as ``make_sample`` takes it (here: decoded RGB pixels); raises
+        :class:`~sslkit.io.images.ImageDecodeError` for an unreadable file."""
+        return load_rgb(record.path)[0]
+
     def make_sample(self, image: np.ndarray, record: ImageRecord):
-        """One training sample from a decoded image (subclasses add per-image data, e.g. masks)."""
+        """One training sample from a decoded image (subclasses add per-image data, e.g. masks).
+        Runs with torch's generator seeded by ``(seed, epoch, index)``; an ``ImageDecodeError`` it
+        raises (a file found unreadable only now) replaces the image like an unreadable one."""
         return self.transform(image)
