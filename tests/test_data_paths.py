@@ -388,3 +388,25 @@ def test_pipeline_steps_a_plan_cannot_render_are_refused(monkeypatch):
                                                                  *real(aug).transforms[2:]]))
     with pytest.raises(ValueError, match="cannot render RandomVerticalFlip"):
         ViewDrawer(PLAIN)
+
+
+def test_mcl_planned_views_and_montage_seed_match_its_reference_views(photo_dir):
+    """MCL's 8 views per image and the batch seed of its tile permutations: the planned paths draw what
+    MCLViews draws (same crops, same seed), so the montages are the same on every data path."""
+    from sslkit.engine.feed import make_feed
+
+    src = ImageSource.from_folder(photo_dir)
+    cls = METHODS["mcl"]
+    got = {}
+    for path in ("pil", "cpu", "gpu"):
+        cfg = C.resolve(cls, [("t", {"image_size": 64, "data_path": path, "seed": 5, "batch_size": 4,
+                                     "montage_fractions": "1,1/4,1/4,1/4"})])
+        feed = make_feed(cls, cfg, src, torch.device("cpu"))
+        batch = feed.collate([feed.dataset[(0, i)] for i in range(4)])
+        got[path], _ = next(iter(feed.batches([batch])))
+    ref_views, ref_seed = got["pil"]
+    assert ref_views.shape == (4, 8, 3, 64, 64)
+    for path in ("cpu", "gpu"):
+        views, seed = got[path]
+        assert seed == ref_seed and views.shape == ref_views.shape
+        assert (views - ref_views).abs().mean() < 0.12, path  # PIL vs OpenCV/kornia kernels

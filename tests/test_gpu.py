@@ -54,8 +54,12 @@ def _cfg(method: str, data, **over) -> dict:
         layer.update(views=str(data["orl"]), patch_size=32)
     if method == "univip":
         layer.update(views=str(data["univip"]), instance_size=32, naive_min_size=12)
-    if method == "mocov2":
+    if method in ("mocov2", "densecl", "regioncl-m", "regioncl-d"):
         layer["queue_size"] = 64
+    if method == "mcl":  # 8 images fill every level with one montage per coarser level
+        layer.update(montage_fractions="1,1/4,1/4,1/4", fpn_dim=16)
+    if method.startswith("regioncl"):  # a 2x2 feature grid at 64 px: one-cell boxes (docs/regioncl.md)
+        layer.update(image_size=max(SIZE, 64), regioncl_cells_min=1, regioncl_cells_max=1)
     layer.update(over)
     return C.resolve(cls, [("gpu test", {k: v for k, v in layer.items() if k in keys})])
 
@@ -65,6 +69,8 @@ def _shapes(x):
         return (tuple(x.shape), x.dtype)
     if isinstance(x, dict):
         return {k: _shapes(v) for k, v in x.items()}
+    if isinstance(x, (int, float)):  # e.g. MCL's batch seed
+        return type(x)
     return [_shapes(v) for v in x]
 
 

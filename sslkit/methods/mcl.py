@@ -173,6 +173,13 @@ class MCL(Method):
                         cfg["levels"])
 
     @classmethod
+    def make_plan_dataset(cls, cfg: dict, source, mode: str):
+        from sslkit.views.plan.mcl import MCLPlan
+
+        views = cls.make_transform(cfg)
+        return MCLPlan(source, views.views, views.levels, cfg["seed"], mode)
+
+    @classmethod
     def validate(cls, cfg: dict) -> None:
         if cfg["ema_schedule"] not in ("cosine", "constant"):
             raise UserError(f"ema_schedule must be cosine or constant (got {cfg['ema_schedule']!r})")

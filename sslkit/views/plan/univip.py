@@ -16,19 +16,20 @@ import torch
 
 from sslkit.transforms import byol_views, tune_views
 from sslkit.transforms.params import ViewDrawer
+from sslkit.views.candidates import CandidateBoxes
 from sslkit.views.plan.dataset import PlanDataset
-from sslkit.views.univip import CandidateStore, PairSampler
+from sslkit.views.univip import PairSampler
 
 
 class UniVIPPlan(PlanDataset):
     """Rows ``scene1, scene2, inst1_a, inst1_b, …, instK_a, instK_b`` (no instance rows when no loss
     term uses them); the batch ``(s1, s2, inst_a (B, K, …), inst_b, stats)`` as the reference."""
 
-    def __init__(self, source, store: CandidateStore | None, sampler: PairSampler, seed: int, mode: str,
+    def __init__(self, source, store: CandidateBoxes | None, sampler: PairSampler, seed: int, mode: str,
                  scene_size: int = 224, instance_size: int = 96, instances: bool = True,
                  blur_reference: int | None = None, view_aug: str | None = None):
         if store is not None:
-            store.check_covers(source)
+            store.check_covers(source, training=True)
         scenes = tune_views(byol_views(scene_size), blur_reference, view_aug)
         insts = tune_views(byol_views(instance_size), blur_reference, view_aug)
         self.k = sampler.k if instances else 0
@@ -41,7 +42,7 @@ class UniVIPPlan(PlanDataset):
 
     def plan(self, image, record):
         h, w = image.height, image.width
-        cands = self.store.boxes(record.file_name, h, w) if self.store is not None else np.zeros((0, 4), np.float32)
+        cands = self.store.boxes_for_image(record.file_name, h, w) if self.store is not None else np.zeros((0, 4), np.float32)
         pair = self.sampler.sample(h, w, cands)
         rows = [d.draw(h, w, box=c) for d, c in zip(self.scene_drawers, pair.crops, strict=True)]
         for i in range(self.k):
