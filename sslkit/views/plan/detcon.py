@@ -41,8 +41,7 @@ class DetConPlan(PlanDataset):
 
     def __init__(self, source, store: MaskStore, views: tuple[ViewAug, ViewAug], num_masks: int,
                  keep_labels: bool, seed: int, mode: str):
-        store.check_covers(source)
-        super().__init__(source, seed, views, mode)
+        super().__init__(store.usable(source), seed, views, mode)
         self.store = store
         self.drawers = [ViewDrawer(v) for v in self.slots]
         self.grid = feature_grid(self.slots[0].size)
