@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from sslkit.methods.base import Method
 from sslkit.methods.numerics import fp32_loss
-from sslkit.models.ema import ema_momentum, ema_update, frozen_copy
+from sslkit.models.ema import check_ema_settings, ema_momentum, ema_update, frozen_copy
 from sslkit.models.heads import byol_mlp
 from sslkit.transforms import MultiView, byol_views, tune_views
 
@@ -106,12 +106,7 @@ class BYOL(OnlineTarget, Method):
 
     @classmethod
     def validate(cls, cfg: dict) -> None:
-        from sslkit.errors import UserError
-
-        if cfg["ema_schedule"] not in ("cosine", "constant"):
-            raise UserError(f"ema_schedule must be cosine or constant (got {cfg['ema_schedule']!r})")
-        if not 0.0 <= cfg["ema_momentum"] <= 1.0:
-            raise UserError(f"ema_momentum must be in [0, 1] (got {cfg['ema_momentum']})")
+        check_ema_settings(cfg)
 
     def forward_train(self, batch) -> dict[str, torch.Tensor]:
         v1, v2 = batch

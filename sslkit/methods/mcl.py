@@ -36,7 +36,7 @@ from sslkit.errors import UserError
 from sslkit.methods.base import Method
 from sslkit.methods.mcl_loss import LOSS_MODES, TEMPERATURE, mcl_loss, needed_target_levels
 from sslkit.models.backbones import stage_features
-from sslkit.models.ema import ema_momentum, ema_update, frozen_copy
+from sslkit.models.ema import check_ema_settings, ema_momentum, ema_update, frozen_copy
 from sslkit.models.fpn import build_neck
 from sslkit.models.heads import box_head_convs, mcl_predictor, mcl_projector
 from sslkit.transforms import tune_views
@@ -181,10 +181,7 @@ class MCL(Method):
 
     @classmethod
     def validate(cls, cfg: dict) -> None:
-        if cfg["ema_schedule"] not in ("cosine", "constant"):
-            raise UserError(f"ema_schedule must be cosine or constant (got {cfg['ema_schedule']!r})")
-        if not 0.0 <= cfg["ema_momentum"] <= 1.0:
-            raise UserError(f"ema_momentum must be in [0, 1] (got {cfg['ema_momentum']})")
+        check_ema_settings(cfg)
         if not 1 <= cfg["levels"] <= MAX_LEVELS:
             raise UserError(f"levels must be 1..{MAX_LEVELS} (got {cfg['levels']})", None,
                             "ratios 1, 2, 4, 8 use P5, P4, P3, P2")

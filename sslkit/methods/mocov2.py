@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from sslkit import dist
 from sslkit.methods.base import Method
 from sslkit.methods.numerics import fp32_loss
-from sslkit.models.ema import ema_momentum, ema_update, frozen_copy
+from sslkit.models.ema import check_ema_settings, ema_momentum, ema_update, frozen_copy
 from sslkit.models.heads import mocov2_projector
 from sslkit.transforms import MultiView, mocov2_views, tune_views
 
@@ -109,10 +109,7 @@ class MoCoV2(Method):
                             None, "raise --queue-size")
         if cfg["temperature"] <= 0:
             raise UserError("temperature must be > 0")
-        if cfg["ema_schedule"] not in ("cosine", "constant"):
-            raise UserError(f"ema_schedule must be cosine or constant (got {cfg['ema_schedule']!r})")
-        if not 0.0 <= cfg["ema_momentum"] <= 1.0:
-            raise UserError(f"ema_momentum must be in [0, 1] (got {cfg['ema_momentum']})")
+        check_ema_settings(cfg)
 
     def encoders(self) -> dict[str, str]:
         return {"query": "backbone.", "key": "key_backbone."}

@@ -74,12 +74,22 @@ class RegionSwap:
 
     view_stage = RegionCLSwapStage
 
+    def __init__(self, cfg: dict):
+        super().__init__(cfg)
+        self.build_swap(cfg)
+
+    @classmethod
+    def validate(cls, cfg: dict) -> None:
+        super().validate(cfg)
+        cls.validate_swap(cfg)
+
     def build_swap(self, cfg: dict) -> None:
         self.cells = (cfg["regioncl_cells_min"], cfg["regioncl_cells_max"])
         self.origin = cfg["regioncl_origin"]
         self.reg_weight = cfg["reg_weight"]
         self.use_canvas, self.use_paste = cfg["regioncl_canvas"], cfg["regioncl_paste"]
         self.swap_seed = cfg["seed"]
+        self.intra_negative = cfg.get("regioncl_intra_negative", False)  # M, D: Table 10 "Neg"; S has none
         # the next step's index: in the checkpoint (resume draws the same boxes), mirrored in Python so
         # drawing a box never waits for the device
         self.register_buffer("swap_step", torch.zeros((), dtype=torch.long))
@@ -155,16 +165,6 @@ class RegionCLM(RegionSwap, MoCoV2):
     }
     HELP = {**MoCoV2.HELP, **_SWAP_HELP, **_NEGATIVE_HELP}
 
-    def __init__(self, cfg: dict):
-        super().__init__(cfg)
-        self.build_swap(cfg)
-        self.intra_negative = cfg["regioncl_intra_negative"]
-
-    @classmethod
-    def validate(cls, cfg: dict) -> None:
-        super().validate(cfg)
-        cls.validate_swap(cfg)
-
     def forward_train(self, batch) -> dict[str, torch.Tensor]:
         x_q, x_k = batch
         q = F.normalize(self.projector(self.backbone(x_q)).float(), dim=1)
@@ -190,16 +190,6 @@ class RegionCLD(RegionSwap, DenseCL):
     DEFAULTS = {**DenseCL.DEFAULTS, **_SWAP_DEFAULTS, **_NEGATIVE_DEFAULTS}  # §4: "same settings as the base"
     HELP = {**DenseCL.HELP, **_SWAP_HELP, **_NEGATIVE_HELP}
 
-    def __init__(self, cfg: dict):
-        super().__init__(cfg)
-        self.build_swap(cfg)
-        self.intra_negative = cfg["regioncl_intra_negative"]
-
-    @classmethod
-    def validate(cls, cfg: dict) -> None:
-        super().validate(cfg)
-        cls.validate_swap(cfg)
-
     def forward_train(self, batch) -> dict[str, torch.Tensor]:
         x_q, x_k = batch
         terms, k, queue = self.densecl_losses(x_q, x_k)
@@ -222,15 +212,6 @@ class RegionCLS(RegionSwap, SimSiam):
     name = "regioncl-s"
     DEFAULTS = {**SimSiam.DEFAULTS, **_SWAP_DEFAULTS}  # §4: SimSiam's settings, 100 epochs
     HELP = {**SimSiam.HELP, **_SWAP_HELP}
-
-    def __init__(self, cfg: dict):
-        super().__init__(cfg)
-        self.build_swap(cfg)
-
-    @classmethod
-    def validate(cls, cfg: dict) -> None:
-        super().validate(cfg)
-        cls.validate_swap(cfg)
 
     def forward_train(self, batch) -> dict[str, torch.Tensor]:
         v1, v2 = batch

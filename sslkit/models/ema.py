@@ -9,6 +9,8 @@ import math
 import torch
 from torch import nn
 
+from sslkit.errors import UserError
+
 
 def frozen_copy(module: nn.Module) -> nn.Module:
     """A deep copy with ``requires_grad=False`` everywhere: the target starts equal to the online net."""
@@ -46,3 +48,11 @@ def ema_momentum(schedule: str, step: int, total_steps: int, base: float) -> flo
     if schedule == "constant":
         return base
     raise ValueError(f"unknown EMA schedule {schedule!r}")
+
+
+def check_ema_settings(cfg: dict) -> None:
+    """``ema_schedule`` is cosine or constant and ``ema_momentum`` in [0, 1]: one line otherwise."""
+    if cfg["ema_schedule"] not in ("cosine", "constant"):
+        raise UserError(f"ema_schedule must be cosine or constant (got {cfg['ema_schedule']!r})")
+    if not 0.0 <= cfg["ema_momentum"] <= 1.0:
+        raise UserError(f"ema_momentum must be in [0, 1] (got {cfg['ema_momentum']})")
