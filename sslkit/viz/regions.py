@@ -70,7 +70,11 @@ def _how(store) -> str:
     d = store.describe()
     if d["from"] == "label maps":
         return f"boxes of the segments of {', '.join(d['fields'])} ({d['segment_order']} order)"
-    return f"{d['field']} {'(filtered)' if d['filter'] else '(as stored)'}"
+    if d["filter"]:
+        return f"{d['field']} (filtered)"
+    if d["field"] == "boxes_filtered":
+        return "boxes_filtered (made by propose with the same filter)"
+    return f"{d['field']} (as stored)"
 
 
 def render(art, row: int, image: np.ndarray, opts: ShowOptions) -> Rendering:
