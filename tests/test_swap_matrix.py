@@ -299,8 +299,13 @@ def test_show_draws_what_each_method_reads(scenes, tmp_path, capsys):
            (["--set", "box_order=rank"], "--set changes how --for or --views"),
            (["--for", "detcon-b", "--set", "box_order=top"], "box_order must be one of"),
            (["--for", "orl", "--set", "segment_order=area"], "segment_order='area' is not one of size, id"),
-           (["--for", "orl", "--set", "box_order=rank"], "has no setting 'box_order'")]
+           (["--for", "orl", "--set", "box_order=rank"], "has no setting 'box_order'"),
+           (["--for", "univip", "--set", "segment_fields=grid_n5"], "has no label-map field 'grid_n5'")]
     for args, message in bad:
         capsys.readouterr()
         assert sslkit("show", scenes / "fh.h5", *args, "-o", tmp_path / "x.png") == 2, args
         assert message in capsys.readouterr().err, args
+    capsys.readouterr()
+    assert sslkit("show", scenes / "ss_fast.h5", "--for", "orl", "--set", "segment_fields=fh_s500_c500",
+                  "-o", tmp_path / "x.png") == 2
+    assert "but the file has no label maps" in capsys.readouterr().err

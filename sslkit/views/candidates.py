@@ -133,6 +133,9 @@ class CandidateBoxes:
         segments = segments or SegmentRule()
         formats = ("sslkit.views", "sslkit.proposals") if accept_views else "sslkit.proposals"
         with Artefact(path, formats) as a:
+            if segments.fields is not None and not a.map_names:
+                raise UserError(f"segment_fields={','.join(segments.fields)}, but the file has no label maps", path,
+                                "leave segment_fields at 'all' for a file of boxes")
             as_segments = a.format == "sslkit.proposals" and a.map_names and \
                 (segments.fields is not None or not a.ragged_names)
             if as_segments:
