@@ -8,11 +8,13 @@ Everything runs through the real CLI (`sslkit ...` subprocesses), as a user woul
 
 Prints a markdown table and writes OUT/quality.json. Budget = same epochs, batch, image size and
 arch for every method (ORL's stage 1 is the BYOL run of the same table, as in the paper).
-Methods: byol, simclr, mocov2, simsiam, densecl, detcon-b, detcon-s (FH masks), detcon-b-grid,
-detcon-s-grid, orl, univip, mcl (batch a multiple of 32), regioncl-m, regioncl-s, regioncl-d (boxes
+Methods: byol, simclr, mocov2, simsiam, densecl, detcon-b, detcon-s (FH masks), orl, univip (selective
+search), mcl (batch a multiple of 32), regioncl-m, regioncl-s, regioncl-d (boxes
 scaled to the feature grid: C_U = min(5, grid − 1), C_L = min(3, C_U); 1 cell of a 2×2 grid at 64 px),
 and the variants of VARIANTS (byol-blur224, byol-blur224-lr4x, orl-intra, orl-inter, univip-k0,
-univip-k2, univip-no-ot, univip-no-si, mcl-l3, mcl-mode-b/c/d). ``--heldout F`` adds object probes on
+univip-k2, univip-no-ot, univip-no-si, mcl-l3, mcl-mode-b/c/d) and the rows of REGION_ROWS, which swap the
+region file (detcon-b-grid, detcon-s-grid; across families, docs/swap.md: detcon-b-ss, detcon-s-ss on
+selective-search boxes, orl-fh, univip-fh, orl-grid, univip-grid on label maps). ``--heldout F`` adds object probes on
 cutouts the probe never trained on; ``--probes`` picks the probes (``background/...``: a diagnostic on demo-data
 scenes, which background photo a scene was built on); ``--probe-wd auto`` cross-validates the
 linear probes' weight decay (``sslkit linprobe --wd auto``); ``--probe-epochs`` also probes epoch
@@ -51,6 +53,21 @@ VARIANTS = {
     "mcl-mode-b": ("mcl", {"loss_mode": "b"}),
     "mcl-mode-c": ("mcl", {"loss_mode": "c"}),
     "mcl-mode-d": ("mcl", {"loss_mode": "d"}),
+}
+
+# The region file each object-level row reads: by default the paper's (DetCon: FH masks; ORL, UniVIP: selective
+# search); the rows below swap it across families (docs/swap.md), everything else equal to the method's row.
+DEFAULT_REGIONS = {"detcon-b": "felzenszwalb", "detcon-s": "felzenszwalb", "orl": "selective-search",
+                   "univip": "selective-search"}
+REGION_ROWS = {
+    "detcon-b-grid": ("detcon-b", "grid"),
+    "detcon-s-grid": ("detcon-s", "grid"),
+    "detcon-b-ss": ("detcon-b", "selective-search"),  # is DetCon's gain the masks or the loss?
+    "detcon-s-ss": ("detcon-s", "selective-search"),
+    "orl-fh": ("orl", "felzenszwalb"),  # ORL with segments instead of selective search
+    "univip-fh": ("univip", "felzenszwalb"),
+    "orl-grid": ("orl", "grid"),
+    "univip-grid": ("univip", "grid"),
 }
 
 
@@ -194,6 +211,13 @@ def main() -> None:
         if m in VARIANTS:
             m, kv = VARIANTS[m]
             sets = [a for k, v in kv.items() for a in ("--set", f"{k}={v}")]
+        if m in REGION_ROWS:
+            m, regions = REGION_ROWS[m]
+        else:
+            regions = DEFAULT_REGIONS.get(m)
+        # files made from another region source than the paper's carry its name (the paper's keep theirs)
+        rtag = "" if regions == DEFAULT_REGIONS.get(m) else "_" + {"selective-search": "ss", "felzenszwalb": "fh",
+                                                                   "grid": "grid"}[regions]
 
         def run(method: str, *extra, name=name, sets=sets) -> tuple[Path, float]:
             """This table row's pretraining run (its own folder, its variant's --set switches)."""
@@ -215,23 +239,21 @@ def main() -> None:
         elif m == "mcl":  # the backbone is probed; MCL's FPN and head matter for detection (sslkit detect)
             weights[name] = tuple(map(str, run(m)))
         elif m in ("detcon-b", "detcon-s"):
-            weights[name] = tuple(map(str, run(m, "--masks", proposals("felzenszwalb"))))
-        elif m in ("detcon-b-grid", "detcon-s-grid"):
-            weights[name] = tuple(map(str, run(m[:-5], "--masks", proposals("grid"))))
+            weights[name] = tuple(map(str, run(m, "--masks", proposals(regions))))
         elif m == "orl":
             stage1, t1 = weights.get("byol") or pretrain("byol", "byol")
-            pairs = out / "orl_pairs.h5"
+            pairs = out / f"orl_pairs{rtag}.h5"
             t2 = 0.0
             if not pairs.exists():
-                t2 = sh("sample-views", train, "-m", "orl", "--proposals", proposals("selective-search"),
+                t2 = sh("sample-views", train, "-m", "orl", "--proposals", proposals(regions),
                         "--ckpt", stage1, "-o", pairs,
                         "--image-size", args.image_size, "--roi-size", args.image_size, "-q", log=log)
             ck, t3 = run("orl", "--views", pairs, "--set", f"patch_size={patch}")
             weights[name] = (str(ck), float(t1) + t2 + t3)
         elif m == "univip":
-            cands = out / "univip_cands.h5"
+            cands = out / f"univip_cands{rtag}.h5"
             if not cands.exists():
-                sh("sample-views", train, "-m", "univip", "--proposals", proposals("selective-search"), "-o", cands,
+                sh("sample-views", train, "-m", "univip", "--proposals", proposals(regions), "-o", cands,
                    "-q", log=log)
             weights[name] = tuple(map(str, run("univip", "--views", cands, "--set", f"instance_size={patch}")))
         else:

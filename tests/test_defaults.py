@@ -98,6 +98,12 @@ _DETCON = {
     "local_negatives": (True, "official code default [C]"),
     "epochs": (1000, "DetCon Table 1"),
     "warmup_epochs": (10.0, "official code ⌊epochs/100⌋ [C]; SimCLR (-S)"),
+    # a boxes file as masks (docs/swap.md): DetCon never rasterises boxes
+    "box_order": ("large-first", "sslkit's rule: smaller boxes painted on top (docs/swap.md) [I]"),
+    "filter_min_size": (96.0, "ORL's candidate filter (spec orl.md §2.3 (iv)): the boxes ORL starts from [I]"),
+    "filter_max_ratio": (3.0, "ORL's candidate filter (spec orl.md §2.3 (iv)) [I]"),
+    "filter_max_iou": (0.5, "ORL's candidate filter (spec orl.md §2.3 (iv)) [I]"),
+    "filter_top_n": (100, "ORL's candidate filter (spec orl.md §2.3 (iv)) [I]"),
 }
 
 DETCON_S = {
@@ -152,6 +158,9 @@ UNIVIP = {
     "ot_eps": (0.1, "OTA code (spec §2.4) [I]"),
     "ot_iters": (50, "OTA code (spec §2.4) [I]"),
     "ot_marginals": ("raw", "UniVIP Eq. 9–10 as printed [P] (docs/univip.md)"),
+    # a label-map file as candidates (docs/swap.md)
+    "segment_fields": ("all", "every label-map field of the file, pooled [I]"),
+    "segment_order": ("size", "largest segments first, before the order-dependent filter [I]"),
 }
 
 SIMSIAM = {  # Chen & He, CVPR 2021; facebookresearch/simsiam main_simsiam.py, simsiam/builder.py

@@ -210,8 +210,12 @@ def test_bad_mask_inputs_are_one_line_errors(scenes, tmp_path, capsys):
     boxes = tmp_path / "ss.h5"
     assert sslkit("propose", scenes / "demo" / "train.json", "-o", boxes, "-q", "--workers", 1,
                   "--max-side", 64) == 0
-    assert sslkit("pretrain", "-m", "detcon-b", "--masks", boxes, *base) == 2
-    assert "has no label maps" in capsys.readouterr().err
+    # a boxes file is painted into masks (tests/test_swap_matrix.py); its settings are checked first
+    assert sslkit("pretrain", "-m", "detcon-b", "--masks", boxes, *base, "--set", "box_order=biggest") == 2
+    assert "box_order must be one of large-first, small-first, rank" in capsys.readouterr().err
+    assert sslkit("pretrain", "-m", "detcon-b", "--masks", boxes, *base, "--set", "mask_fields=fh_s1000_c1000") == 2
+    assert "no label-map or box field 'fh_s1000_c1000'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
     assert sslkit("pretrain", scenes / "demo" / "val.json", "-m", "detcon-s", "--masks", scenes / "fh.h5",
                   "-o", tmp_path / "r2", *TRAIN) == 2
     assert "has no masks for" in capsys.readouterr().err

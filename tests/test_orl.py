@@ -228,9 +228,13 @@ def test_bad_inputs_are_one_line_errors(chain, tmp_path, capsys):
     images = chain / "demo" / "train.json"
     ck = chain / "s1" / "last.pth"
     assert sslkit("propose", images, "--algo", "grid", "-o", tmp_path / "grid.h5", "-q", "--workers", 1) == 0
+    # label maps are read as segment boxes (tests/test_swap_matrix.py); their settings are checked
     err = one_line_error(capsys, "sample-views", images, "-m", "orl", "--proposals", tmp_path / "grid.h5",
-                         "--ckpt", ck, "-o", tmp_path / "x.h5", "-q")
-    assert "has no boxes (it holds label maps)" in err
+                         "--ckpt", ck, "-o", tmp_path / "x.h5", "-q", "--set", "segment_fields=fh_s1000_c1000")
+    assert "has no label-map field 'fh_s1000_c1000'" in err
+    err = one_line_error(capsys, "sample-views", images, "-m", "orl", "--proposals", tmp_path / "grid.h5",
+                         "--ckpt", ck, "-o", tmp_path / "x.h5", "-q", "--set", "segment_order=area")
+    assert "segment_order='area' is not one of size, id" in err
     torch.save({"epoch": 3, "weights": [1, 2, 3]}, tmp_path / "other.pth")
     err = one_line_error(capsys, "sample-views", images, "-m", "orl", "--proposals", chain / "props.h5",
                          "--ckpt", tmp_path / "other.pth", "-o", tmp_path / "x.h5", "-q")

@@ -78,4 +78,5 @@ def test_print_config_resolves_defaults_set_and_flags(capsys):
     assert cfg["knn"] == 5 and cfg["pair_ratio"] == 0.2 and cfg["min_size"] == 48.0  # a flag beats --set
     assert cfg["image_size"] == 224 and cfg["top_n"] == 100 and cfg["ckpt"] is None
     assert sslkit("sample-views", "-m", "univip", "--print-config") == 0
-    assert yaml.safe_load(capsys.readouterr().out) == {"min_size": 96.0, "max_ratio": 3.0, "max_iou": 0.5, "top_n": 100}
+    assert yaml.safe_load(capsys.readouterr().out) == {"min_size": 96.0, "max_ratio": 3.0, "max_iou": 0.5, "top_n": 100,
+                                                       "segment_fields": "all", "segment_order": "size"}

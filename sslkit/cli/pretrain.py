@@ -18,6 +18,7 @@ skipped_images.tsv if some images cannot be decoded.
 Settings: the method's defaults < --config FILE (YAML/TOML) < --set KEY=VALUE < flags.
 Every setting of the chosen method is also a flag: --KEY VALUE (e.g. --masks fh.h5 for
 DetCon, --views pairs.h5 for ORL/UniVIP, --temperature 0.2 --queue-size 4096 for MoCo v2);
+DetCon's --masks and UniVIP's --views take any region file, boxes or label maps (docs/swap.md);
 --print-config lists them. --batch-size is the GLOBAL batch; --lr is the base lr, scaled
 ×batch/256 (--lr-scaling). An existing RUN_DIR/last.pth is resumed automatically
 (--no-resume starts over).

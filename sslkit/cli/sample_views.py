@@ -155,7 +155,9 @@ def register(app: typer.Typer) -> None:
                                             help="Folder of images or COCO json (with --merge: the shard files)."),
         method: str = typer.Option(..., "--method", "-m", help="The view stage: a method listed above."),
         output: Path = typer.Option(None, "-o", "--output", help="Views artefact to write (.h5)."),
-        proposals: Path = typer.Option(None, "--proposals", help="Boxes from `sslkit propose` (sslkit.proposals)."),
+        proposals: Path = typer.Option(None, "--proposals", help="Regions from `sslkit propose` (sslkit.proposals): "
+                                                                 "boxes, or label maps (each segment's box; "
+                                                                 "docs/swap.md)."),
         image_root: Path = typer.Option(None, "--image-root", help="Image folder of a COCO json."),
         ckpt: Path = typer.Option(None, "--ckpt", help="The image-level model (any sslkit checkpoint or export)."),
         encoder: str = typer.Option(None, "--encoder", help="Which encoder of the checkpoint (default: its default)."),

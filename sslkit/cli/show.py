@@ -27,6 +27,15 @@ MCL montages (sslkit sample-views -m mcl): one step's montages, 4 levels x 2
 views, tiles outlined, the batch slot on each tile, --image's tiles in yellow.
 
 \b
+Any region file as a method reads it (docs/swap.md): --for detcon-s|detcon-b
+draws the label maps DetCon pools over (a boxes file: painted into masks),
+--for orl|univip the candidate boxes they start from (a label-map file: each
+segment's bounding box), after their filter. --set KEY=VALUE changes the
+conversion as for training (box_order, mask_fields, filter_*, segment_order,
+segment_fields; for orl: min_size, max_ratio, max_iou, top_n). --views
+detcon-b|detcon-s|univip samples the training views from any region file.
+
+\b
 Reads the artefact and its images (found through the source recorded in the
 artefact; --images FOLDER|COCO.json if they moved). Writes -o PNG: one image at
 its original size, or with --grid K a contact sheet of K images spread evenly
@@ -38,6 +47,9 @@ Examples:
   sslkit show props.h5 --image 000000000139.jpg --field boxes --top 30 -o raw.png
   sslkit show masks.h5 --grid 16 -o sheet.png
   sslkit show masks.h5 --image 139 --views detcon-b -o views.png
+  sslkit show props.h5 --image 139 --for detcon-b -o painted.png
+  sslkit show fh.h5 --grid 9 --for orl --set min_size=64 -o segment_boxes.png
+  sslkit show fh.h5 --image 139 --views univip -o univip.png
   sslkit show swaps.h5 --image 0 -o swap.png
   sslkit show runs/det/predictions.json --image 139 -o det.png
   sslkit show montage.h5 --image 0 -o m.png
@@ -99,7 +111,13 @@ def register(app: typer.Typer) -> None:
         images: Path = typer.Option(None, "--images", help="Where the images are, if not where the artefact says."),
         image_root: Path = typer.Option(None, "--image-root", help="Image folder for a COCO json given to --images."),
         views: str = typer.Option(None, "--views",
-                                  help="Draw a method's two augmented training views instead (detcon-s, detcon-b)."),
+                                  help="Draw a method's augmented training views instead (detcon-s, detcon-b, "
+                                       "univip), from any region file."),
+        regions_for: str = typer.Option(None, "--for",
+                                        help="Draw the regions this method reads from the file, converted as it "
+                                             "converts them (detcon-s, detcon-b, orl, univip)."),
+        set_: list[str] = typer.Option([], "--set", help="KEY=VALUE: a conversion setting of --for / --views "
+                                                         "(repeatable)."),
         size: int = typer.Option(0, "--size", help="View size for --views (px; default: the method's)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the views drawn with --views."),
         neighbor: int = typer.Option(None, "--neighbor", help="ORL pairs files: which neighbour to draw (0: nearest)."),
@@ -118,13 +136,20 @@ def register(app: typer.Typer) -> None:
             raise UserError("pass either --image or --grid")
         if output.suffix.lower() != ".png":
             raise UserError("the output must be a .png file", output)
+        if regions_for is not None and views is not None:
+            raise UserError("pass either --for or --views")
+        if set_ and regions_for is None and views is None:
+            raise UserError("--set changes how --for or --views reads the regions; pass one of them")
+        from sslkit.config import parse_set
+
+        sets = parse_set(set_)
         with open_artefact(file, images, image_root) as art:
-            render = renderer_for(art.format, file, views)
+            render = renderer_for(art.format, file, views, regions_for)
             if len(art) == 0:
                 raise UserError("has no images to show", file)
             root = find_root(art.params, images, image_root)
             opts = ShowOptions(field=field, top=top, alpha=alpha, views=views, size=size, seed=seed,
-                               neighbor=neighbor, images=root)
+                               neighbor=neighbor, images=root, regions_for=regions_for, sets=sets)
             if grid:
                 rows = np.unique(np.linspace(0, len(art) - 1, min(grid, len(art))).round().astype(int))
                 shots = [render(art, int(r), load_image(art, int(r), root), opts) for r in rows]

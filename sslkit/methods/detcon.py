@@ -14,7 +14,9 @@ the global batch (τ = 0.1).
   is symmetrised (spec §2.4). The loss is contrastive, not BYOL's MSE.
 
 Masks come from an ``sslkit propose`` artefact (``--masks``): Felzenszwalb–Huttenlocher, a spatial
-grid, or COCO ground truth; every label-map field in it is used (spec §6.2, "union").
+grid, or COCO ground truth; every label-map field in it is used (spec §6.2, "union"). A file of boxes
+(selective search, a user's own) is painted into label maps per image (``box_order``, ``filter_*``;
+docs/swap.md).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from sslkit.methods.detcon_ops import TEMPERATURE, detcon_loss
 from sslkit.models.backbones import res5
 from sslkit.models.heads import simclr_projector
 from sslkit.ops.masks import NUM_MASKS, mask_pool, mask_weights
+from sslkit.ops.regions import BOX_ORDERS
+from sslkit.proposals.filters import ORL_DEFAULTS, BoxFilter
 from sslkit.transforms import ViewAug, byol_views, tune_views
 
 #: keys shared by both variants
@@ -51,10 +55,25 @@ _COMMON_DEFAULTS = {
     "mask_pool": "hard",  # official code: one owner segment per cell (spec §2.3.2)
     "negatives": "global",  # Table 5: negatives gathered from all workers
     "local_negatives": True,  # other masks of the same image are negatives (code default)
+    # a boxes file as masks (docs/swap.md) [I]: DetCon never rasterises boxes. The filter is ORL's candidate
+    # filter with its values and fallback (spec orl.md §2.3 (iv)), so DetCon paints the boxes ORL starts from
+    "box_order": "large-first",  # larger boxes painted first, smaller on top: nested boxes stay visible
+    "filter_min_size": ORL_DEFAULTS["min_size"],
+    "filter_max_ratio": ORL_DEFAULTS["max_ratio"],
+    "filter_max_iou": ORL_DEFAULTS["max_iou"],
+    "filter_top_n": ORL_DEFAULTS["top_n"],
 }
 _COMMON_HELP = {
-    "masks": "sslkit.proposals artefact with label maps (propose --algo felzenszwalb|grid|coco-gt)",
-    "mask_fields": "label-map fields to use: 'all' (their union) or a comma-separated list",
+    "masks": "region file: label maps (propose --algo felzenszwalb|grid|coco-gt) or boxes (propose, a user's "
+             "own; painted into label maps)",
+    "mask_fields": "fields to use: 'all' (every label map; a boxes file: its boxes) or a comma list of label-map "
+                   "and box fields (their union)",
+    "box_order": "boxes as masks: which box is on top where boxes overlap: large-first (smaller boxes on top), "
+                 "small-first, or rank (the file's first box on top)",
+    "filter_min_size": "boxes as masks: drop raw boxes with a side < this (px, original image; 0: off)",
+    "filter_max_ratio": "boxes as masks: drop raw boxes with w/h or h/w > this (0: off)",
+    "filter_max_iou": "boxes as masks: greedy IoU bound in the file's order (1: off)",
+    "filter_top_n": "boxes as masks: keep the first N survivors (0: all)",
     "num_masks": "masks sampled per view and image",
     "temperature": "τ of the contrastive detection loss",
     "mask_pool": "hard (majority owner per feature cell, official code) or soft (average-pooled masks, paper)",
@@ -90,11 +109,19 @@ class _DetCon(Method):
         return DetConViews(views, cfg["num_masks"], keep_labels=cfg["mask_pool"] == "soft")
 
     @staticmethod
-    def mask_store(cfg: dict):
+    def box_masks(cfg: dict):
+        """How a boxes file becomes masks (:class:`sslkit.views.detcon.BoxMasks`) under ``cfg``."""
+        from sslkit.views.detcon import BoxMasks
+
+        filt = BoxFilter.from_settings({k: cfg[f"filter_{k}"] for k in ORL_DEFAULTS}, fallback=True)
+        return BoxMasks(filt, cfg["box_order"])
+
+    @classmethod
+    def mask_store(cls, cfg: dict):
+        """The masks of ``cfg["masks"]`` as this run reads them (:class:`sslkit.views.detcon.MaskStore`)."""
         from sslkit.views.detcon import MaskStore
 
-        fields = cfg["mask_fields"]
-        return MaskStore(cfg["masks"], "all" if fields == "all" else [f.strip() for f in fields.split(",")])
+        return MaskStore(cfg["masks"], cfg["mask_fields"], cls.box_masks(cfg))
 
     @classmethod
     def make_dataset(cls, cfg: dict, source):
@@ -121,6 +148,9 @@ class _DetCon(Method):
             raise UserError(f"negatives must be global or local (got {cfg['negatives']!r})")
         if cfg["num_masks"] < 1:
             raise UserError(f"num_masks must be at least 1 (got {cfg['num_masks']})")
+        if cfg["box_order"] not in BOX_ORDERS:
+            raise UserError(f"box_order must be one of {', '.join(BOX_ORDERS)} (got {cfg['box_order']!r})")
+        cls.mask_store(cfg)  # the file, its fields and the filter values, checked before anything starts
 
     # -- model -----------------------------------------------------------------------------------
     def pooled(self, backbone, x, owners, ids, labels=None) -> torch.Tensor:

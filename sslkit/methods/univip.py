@@ -29,6 +29,7 @@ from sslkit.methods.byol import BYOL, byol_loss
 from sslkit.methods.numerics import fp32_loss
 from sslkit.ops.sinkhorn import MARGINAL_FLOOR, OT_EPS, OT_ITERS, normalize_marginal, sinkhorn_log  # noqa: F401
 from sslkit.proposals.filters import ORL_DEFAULTS
+from sslkit.views.candidates import SEGMENT_KEYS
 from sslkit.views.univip_stage import UniVIPCandidatesStage
 
 #: the vectors of Eq. 9–10: ``raw`` dot products as the paper writes them [P], or ``normalized``
@@ -96,6 +97,9 @@ class UniVIP(BYOL):
         "filter_max_ratio": ORL_DEFAULTS["max_ratio"],
         "filter_max_iou": ORL_DEFAULTS["max_iou"],
         "filter_top_n": ORL_DEFAULTS["top_n"],
+        # a label-map file as candidates: each segment's bounding box, largest segments first (docs/swap.md) [I]
+        "segment_fields": SEGMENT_KEYS["segment_fields"].default,
+        "segment_order": SEGMENT_KEYS["segment_order"].default,
         "num_instances": 4,  # K, §3.2 / Table 8(c)
         "instance_size": 96,  # §3.3
         "scene_overlap": True,  # Table 8(a)
@@ -115,13 +119,15 @@ class UniVIP(BYOL):
     HELP = {
         **BYOL.HELP,
         "views": "candidate boxes: a univip-candidates file (sslkit sample-views --method univip) or a "
-                 "proposals file (sslkit propose)",
+                 "proposals file (sslkit propose): boxes, or label maps whose segments' boxes are the candidates",
         "candidate_field": "box field of --views: boxes (raw selective search of a proposals file, filtered "
                            "on the fly with filter_*; a candidates file's only field) or e.g. boxes_filtered",
         "filter_min_size": "on-the-fly filter of raw proposals: min box side (px, original image; 0: off)",
         "filter_max_ratio": "on-the-fly filter: max aspect ratio (0: off)",
         "filter_max_iou": "on-the-fly filter: greedy IoU bound in selective-search order (1: off)",
         "filter_top_n": "on-the-fly filter: keep the first N survivors (0: all)",
+        "segment_fields": SEGMENT_KEYS["segment_fields"].help,
+        "segment_order": SEGMENT_KEYS["segment_order"].help,
         "num_instances": "K instances in the scene overlap (0: BYOL on overlapping views)",
         "instance_size": "side of the instance crops (px)",
         "scene_overlap": "scene views overlap around the K instances (false: independent crops, Table 8a)",
@@ -168,17 +174,22 @@ class UniVIP(BYOL):
     def needs_candidates(cfg: dict) -> bool:
         return cfg["num_instances"] > 0 and not cfg["naive_only"]
 
+    @staticmethod
+    def candidates(cfg: dict):
+        """The candidate boxes of ``cfg["views"]`` as this run reads them
+        (:class:`sslkit.views.candidates.CandidateBoxes`)."""
+        from sslkit.proposals.filters import BoxFilter
+        from sslkit.views.candidates import CandidateBoxes, SegmentRule
+
+        filt = BoxFilter(cfg["filter_min_size"], cfg["filter_max_ratio"], cfg["filter_max_iou"],
+                         cfg["filter_top_n"], fallback=False)
+        return CandidateBoxes.open(cfg["views"], filt, field=cfg["candidate_field"], accept_views=True,
+                                   segments=SegmentRule.from_settings(cfg))
+
     @classmethod
     def candidate_store(cls, cfg: dict):
         """The candidate boxes (None when no term needs them)."""
-        from sslkit.proposals.filters import BoxFilter
-        from sslkit.views.candidates import CandidateBoxes
-
-        if not cls.needs_candidates(cfg):
-            return None
-        filt = BoxFilter(cfg["filter_min_size"], cfg["filter_max_ratio"], cfg["filter_max_iou"],
-                         cfg["filter_top_n"], fallback=False)
-        return CandidateBoxes.open(cfg["views"], filt, field=cfg["candidate_field"], accept_views=True)
+        return cls.candidates(cfg) if cls.needs_candidates(cfg) else None
 
     @classmethod
     def make_dataset(cls, cfg: dict, source):
@@ -224,6 +235,8 @@ class UniVIP(BYOL):
             raise UserError("Sinkhorn needs ot_eps > 0 and ot_iters >= 1")
         if cfg["ot_marginals"] not in OT_MARGINALS:
             raise UserError(f"ot_marginals must be raw or normalized (got {cfg['ot_marginals']!r})")
+        if cls.needs_candidates(cfg):
+            cls.candidates(cfg).close()  # the file, its fields and the segment settings, checked before training
 
     def forward_train(self, batch) -> dict[str, torch.Tensor]:
         s1, s2, inst_a, inst_b, stats = batch

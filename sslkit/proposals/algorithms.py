@@ -157,7 +157,7 @@ class CocoGT:
 
     def params(self) -> dict:
         return {"algo": self.name, "coco": self.coco, "include_crowd": self.include_crowd,
-                "labels": "0 background; k = k-th annotation of the image (json order)",
+                "labels": "0 background; k = k-th annotation of the image (json order)", "background_label": 0,
                 "mask_fields": list(self.map_names)}
 
     def compute(self, rgb: np.ndarray, orig_hw: tuple[int, int], image_id: int) -> tuple[dict, dict]:

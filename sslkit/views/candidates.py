@@ -8,7 +8,10 @@ training (``--views``) all read boxes through :class:`CandidateBoxes`, from
   stand in for the filter when the file was made with exactly its values;
 * an ``sslkit.views`` file of kind ``univip-candidates`` (``accept_views``): its ``boxes`` as stored;
 * a COCO instances json (:meth:`CandidateBoxes.from_coco`): the non-crowd boxes of each image, in
-  annotation order, through the filter (the "GT" rows of ORL Table 5(d) and UniVIP Table 8(b)).
+  annotation order, through the filter (the "GT" rows of ORL Table 5(d) and UniVIP Table 8(b));
+* an ``sslkit.proposals`` file of label maps (Felzenszwalb, grid, COCO instance masks, a user's own):
+  the bounding box of every segment of the chosen fields (:class:`SegmentRule`), ordered, then through
+  the filter as raw boxes are (docs/swap.md).
 
 Boxes are ``xyxy`` float32 in the pixels of the image the file was made from. HDF5 files are
 opened lazily, once per process (DataLoader workers fork or spawn; a loader is never pickled open).
@@ -17,19 +20,82 @@ opened lazily, once per process (DataLoader workers fork or spawn; a loader is n
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from sslkit.config import Key
 from sslkit.errors import UserError
 from sslkit.io.artefacts import Artefact
 from sslkit.io.coco import annotations_by_image, coco_boxes_xyxy, load_coco
 from sslkit.io.images import ImageSource
+from sslkit.ops.regions import segment_boxes
 from sslkit.proposals.filters import BoxFilter
 
 CANDIDATES_KIND = "univip-candidates"
 _NO_BOXES = np.zeros((0, 4), np.float32)
+
+#: the order of a label map's segment boxes before the (order-dependent) filter
+SEGMENT_ORDERS = ("size", "id")
+#: label-map files as boxes: the settings of every stage that reads candidate boxes ([I], docs/swap.md)
+SEGMENT_KEYS = {
+    "segment_fields": Key("all", str, "label-map files: fields whose segments become boxes ('all' or a comma list)"),
+    "segment_order": Key("size", str, "label-map files: order of the segment boxes before the filter: size "
+                         "(most pixels first) or id (field, then segment id)", choices=SEGMENT_ORDERS),
+}
+
+
+def field_list(text: str | Sequence[str]) -> tuple[str, ...] | None:
+    """``"all"`` → None; ``"a,b"`` (or a sequence) → ``("a", "b")``."""
+    if isinstance(text, str):
+        if text.strip() == "all":
+            return None
+        text = text.split(",")
+    names = tuple(t.strip() for t in text if t.strip())
+    if not names:
+        raise UserError("empty field list", None, "pass 'all' or comma-separated field names")
+    return names
+
+
+@dataclass(frozen=True)
+class SegmentRule:
+    """How a label-map file becomes candidate boxes: the bounding box of each segment of ``fields``
+    (None: every label-map field, pooled) in the image's pixels (:func:`sslkit.ops.regions.segment_boxes`),
+    without the file's background segment (``params.background_label``: COCO instance maps' 0), then
+    ordered by ``order``: ``size`` (most image pixels first; ties by field, then id) or ``id`` (by field,
+    then segment id). The filter that follows keeps its greedy suppression in this order."""
+
+    fields: tuple[str, ...] | None = None
+    order: str = "size"
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> SegmentRule:
+        if settings["segment_order"] not in SEGMENT_ORDERS:
+            raise UserError(f"segment_order={settings['segment_order']!r} is not one of {', '.join(SEGMENT_ORDERS)}")
+        return cls(field_list(settings["segment_fields"]), settings["segment_order"])
+
+
+def background_label(params: dict) -> int | None:
+    """The label a label-map file declares as background (not a region), if any: ``params.background_label``;
+    files of ``propose --algo coco-gt`` made before it was recorded: 0."""
+    value = params.get("background_label")
+    if value is None and params.get("algo") == "coco-gt":
+        value = 0
+    return None if value is None else int(value)
+
+
+def segments_as_boxes(maps: Sequence[np.ndarray], image_hw: tuple[int, int], order: str = "size",
+                      background: int | None = None) -> np.ndarray:
+    """(n, 4) float32 boxes of the segments of one image's label maps (one per field), by :class:`SegmentRule`."""
+    parts = [segment_boxes(m, image_hw, background) for m in maps]
+    if not parts:
+        return _NO_BOXES
+    boxes = np.concatenate([p[1] for p in parts]).reshape(-1, 4)
+    if order == "size":  # stable: ties keep field, then id order
+        boxes = boxes[np.argsort(-np.concatenate([p[2] for p in parts]), kind="stable")]
+    return boxes.astype(np.float32, copy=False)
 
 
 class CandidateBoxes:
@@ -37,9 +103,10 @@ class CandidateBoxes:
 
     def __init__(self, path: Path, kind: str, rows: dict[str, int], hw: np.ndarray, *, field: str = "boxes",
                  filt: BoxFilter | None = None, skipped: dict[str, str] | None = None, params: dict | None = None,
-                 created: str | None = None, coco: tuple[list[dict], dict] | None = None):
+                 created: str | None = None, coco: tuple[list[dict], dict] | None = None,
+                 maps: tuple[str, ...] = (), segments: SegmentRule | None = None):
         self.path = Path(path)
-        self.kind = kind  # "proposals", "views" or "gt"
+        self.kind = kind  # "proposals", "views", "gt" or "segments" (label maps as boxes)
         self.rows = rows  # file name → row
         self.hw = hw  # (N, 2) height, width per row (0 where a COCO json does not say)
         self.field = field
@@ -48,16 +115,38 @@ class CandidateBoxes:
         self.params = params or {}
         self.created = created
         self._coco = coco  # (images, annotations by image id) of a COCO json
+        self.maps = maps  # kind "segments": the label-map fields whose segments are the boxes
+        self.segments = segments or SegmentRule()
+        self.background = background_label(self.params) if maps else None
         self._artefact: Artefact | None = None
         self._pid: int | None = None
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | os.PathLike, filt: BoxFilter | None, *, field: str = "boxes",
-             reuse_filtered: bool = False, accept_views: bool = False) -> CandidateBoxes:
-        """Boxes of an ``sslkit.proposals`` file (or, with ``accept_views``, a univip-candidates file)."""
+             reuse_filtered: bool = False, accept_views: bool = False,
+             segments: SegmentRule | None = None) -> CandidateBoxes:
+        """Boxes of an ``sslkit.proposals`` file (or, with ``accept_views``, a univip-candidates file).
+
+        A proposals file of label maps gives the boxes of its segments (``segments``, default
+        :class:`SegmentRule`), through ``filt``; so does a file with both when ``segments`` names fields."""
+        segments = segments or SegmentRule()
         formats = ("sslkit.views", "sslkit.proposals") if accept_views else "sslkit.proposals"
         with Artefact(path, formats) as a:
+            if segments.fields is not None and not a.map_names:
+                raise UserError(f"segment_fields={','.join(segments.fields)}, but the file has no label maps", path,
+                                "leave segment_fields at 'all' for a file of boxes")
+            as_segments = a.format == "sslkit.proposals" and a.map_names and \
+                (segments.fields is not None or not a.ragged_names)
+            if as_segments:
+                maps = tuple(a.map_names) if segments.fields is None else segments.fields
+                unknown = [m for m in maps if m not in a.map_names]
+                if unknown:
+                    raise UserError(f"has no label-map field {unknown[0]!r}", path,
+                                    f"segment_fields: all or some of {', '.join(a.map_names)}")
+                return cls(a.path, "segments", {name: i for i, name in enumerate(a.file_name)},
+                           np.stack([a.height, a.width], 1), field="segments", filt=filt, skipped=dict(a.skipped),
+                           params=a.params, created=a.attrs.get("created"), maps=maps, segments=segments)
             if a.format == "sslkit.views":
                 kind = a.attrs.get("views_kind")
                 if kind != CANDIDATES_KIND:
@@ -66,8 +155,8 @@ class CandidateBoxes:
                 if field != "boxes":
                     raise UserError(f"candidate_field={field!r}: a candidates file has only 'boxes'", path)
             elif not a.ragged_names:
-                raise UserError("has no boxes (it holds label maps)", path,
-                                "make boxes with: sslkit propose IMAGES -o props.h5")
+                raise UserError("has neither boxes nor label maps", path,
+                                "make regions with: sslkit propose IMAGES -o props.h5 (see docs/swap.md)")
             if field not in a.ragged_names:
                 raise UserError(f"has no box field {field!r}", path, f"candidate_field one of: {', '.join(a.ragged_names)}")
             raw = a.format == "sslkit.proposals" and field == "boxes"
@@ -127,10 +216,16 @@ class CandidateBoxes:
         b = np.asarray(boxes, np.float32).reshape(-1, 4)
         return b if self.filter is None else b[self.filter.apply(b)]
 
+    def _segment_boxes(self, a: Artefact, i: int) -> np.ndarray:
+        return segments_as_boxes([a.label_map(m, i) for m in self.maps], (int(self.hw[i][0]), int(self.hw[i][1])),
+                                 self.segments.order, self.background)
+
     def _raw(self, i: int) -> np.ndarray:
         if self._coco is not None:
             images, anns = self._coco
             return coco_boxes_xyxy(anns.get(images[i]["id"], []))
+        if self.maps:
+            return self._segment_boxes(self._open(), i)
         return self._open().ragged(self.field, i)
 
     def at(self, i: int) -> np.ndarray:
@@ -149,6 +244,10 @@ class CandidateBoxes:
                 yield i, im["file_name"], self.at(i)
             return
         a = self._open()
+        if self.maps:
+            for i in range(len(a)):
+                yield i, a.file_name[i], self._filtered(self._segment_boxes(a, i))
+            return
         for i, raw in a.iter_ragged(self.field):
             yield i, a.file_name[i], self._filtered(raw)
 
@@ -169,6 +268,18 @@ class CandidateBoxes:
         b = np.clip(b, 0, np.array([width, height, width, height], np.float32))
         return b[((b[:, 2] - b[:, 0]) >= 1) & ((b[:, 3] - b[:, 1]) >= 1)]
 
+    def describe(self) -> dict:
+        """Where the boxes come from and how they were made, for an output's ``params`` (docs/swap.md)."""
+        if self.kind == "segments":
+            return {"from": "label maps", "fields": list(self.maps), "algo": self.params.get("algo"),
+                    "rule": "bounding box of each segment of the label map resized (nearest) to the image; "
+                            "the background_label segment, if any, left out",
+                    "background_label": self.background, "segment_order": self.segments.order,
+                    "filter": None if self.filter is None else _filter_dict(self.filter)}
+        return {"from": {"gt": "COCO boxes", "views": "candidate boxes"}.get(self.kind, "boxes"),
+                "field": self.field, "algo": self.params.get("algo"),
+                "filter": None if self.filter is None else _filter_dict(self.filter)}
+
     def close(self) -> None:
         if self._artefact is not None and self._pid == os.getpid():
             self._artefact.close()
@@ -178,3 +289,8 @@ class CandidateBoxes:
         d = dict(self.__dict__)
         d["_artefact"], d["_pid"] = None, None
         return d
+
+
+def _filter_dict(f: BoxFilter) -> dict:
+    return {"min_size": f.min_size, "max_ratio": f.max_ratio, "max_iou": f.max_iou, "top_n": f.top_n,
+            "fallback": f.fallback}

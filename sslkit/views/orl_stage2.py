@@ -41,7 +41,7 @@ from sslkit.ops.knn import PAIR_RATIO, knn_search
 from sslkit.proposals.filters import FILTER_KEYS, ORL_DEFAULTS, BoxFilter
 from sslkit.transforms.preprocess import Preprocess
 from sslkit.views import check_box_source
-from sslkit.views.candidates import CandidateBoxes
+from sslkit.views.candidates import SEGMENT_KEYS, CandidateBoxes, SegmentRule
 from sslkit.views.orl_embed import (
     DecodeImages,
     EmbedImages,
@@ -114,15 +114,21 @@ def _result(output: Path, n: int, skipped: list, seconds: dict, stats: dict, res
     return StageResult(Path(output), line, summary, list(skipped))
 
 
-def _candidates(source: ImageSource, proposals: Path | None, coco: Path | None, filt: BoxFilter):
+def _candidates(source: ImageSource, proposals: Path | None, coco: Path | None, filt: BoxFilter,
+                segments: SegmentRule | None = None):
     """The candidate boxes of every image, and what the output's params say about them."""
     if proposals is not None:
-        props = CandidateBoxes.open(proposals, filt, reuse_filtered=True)
-        note = props.field if props.field == "boxes_filtered" else "boxes (refiltered)"
+        props = CandidateBoxes.open(proposals, filt, reuse_filtered=True, segments=segments)
+        if props.kind == "segments":
+            note = f"segment boxes of {', '.join(props.maps)} (filtered)"
+        else:
+            note = props.field if props.field == "boxes_filtered" else "boxes (refiltered)"
         if props.filter is not None and props.params.get("max_boxes"):
             note += f"; the file kept only the first {props.params['max_boxes']} raw boxes"
         record = {"source": "proposals", "path": str(props.path.resolve()), "created": props.created, "field": note,
                   **{k: props.params.get(k) for k in ("algo", "mode", "max_side", "opencv_version")}}
+        if props.kind == "segments":  # label maps as boxes: the conversion, explicit (docs/swap.md)
+            record["regions"] = props.describe()
     else:
         props = CandidateBoxes.from_coco(coco, filt)
         record = {"source": "gt", "path": str(Path(coco).resolve()),
@@ -133,11 +139,12 @@ def _candidates(source: ImageSource, proposals: Path | None, coco: Path | None, 
 
 
 def sample_orl_views(source: ImageSource, proposals: Path | None, ckpt: Path, output: Path, p: Stage2Params,
-                     run: RunOptions, coco: Path | None = None) -> StageResult:
+                     run: RunOptions, coco: Path | None = None, segments: SegmentRule | None = None) -> StageResult:
     """Stage 2 of ORL over ``source`` into the orl-pairs artefact ``output``; resumable.
 
-    The boxes come from ``proposals`` (an ``sslkit.proposals`` file) or, for the paper's Table 5(d),
-    the ground truth of the COCO json ``coco``; either way through ORL's filter ``p.filter``.
+    The boxes come from ``proposals`` (an ``sslkit.proposals`` file: its boxes, or the boxes of the segments
+    of its label maps by ``segments``) or, for the paper's Table 5(d), the ground truth of the COCO json
+    ``coco``; either way through ORL's filter ``p.filter``.
     Progress is staged in ``OUTPUT.partial/``: ``embed/`` (chunks of image embeddings),
     ``knn.npz`` and ``pairs/`` (chunks of ``chunk_size`` query images: their boxes, neighbours
     and pairs). A rerun of the same command after any interruption continues from there and
@@ -154,7 +161,7 @@ def sample_orl_views(source: ImageSource, proposals: Path | None, ckpt: Path, ou
     device = resolve_device(run.device)
     if (proposals is None) == (coco is None):
         raise UserError("pass the boxes as either --proposals P.h5 or --source gt --coco FILE")
-    props, record = _candidates(source, proposals, coco, filt)
+    props, record = _candidates(source, proposals, coco, filt, segments)
     candidates = props.load({r.file_name for r in source})
     net, ck_info = load_embedder(ckpt, p.encoder, p.image_feature, p.roi_feature)
     net.to(device)
@@ -334,6 +341,8 @@ class OrlPairsStage(ViewStage):
      (image, neighbour).
   Writes boxes, knn_ids, knn_sims and pairs per image (views_kind orl-pairs).
   --source gt --coco FILE uses COCO's ground-truth boxes instead (Table 5(d)).
+  --proposals may hold label maps (FH, grid, coco-gt): each segment's
+  bounding box is a box (--set segment_fields=..., segment_order=size|id).
   An interrupted run resumes: rerun the same command (progress is kept in
   OUTPUT.partial/). --shard i/n computes a part, --merge joins the parts."""
     SETTINGS = {
@@ -347,6 +356,7 @@ class OrlPairsStage(ViewStage):
         "image_size": Key(IMAGE_SIZE, int, "centre crop of the image embedding (after resizing to size/0.875)"),
         "roi_size": Key(ROI_SIZE, int, "RoI crops are resized to this square"),
         **FILTER_KEYS,
+        **SEGMENT_KEYS,
         "device": Key("auto", str, "auto, cpu, cuda or cuda:N"),
         "batch_size": Key(RunOptions.batch_size, int, "images / RoI crops per forward pass"),
         "workers": Key(None, int, "image decoding processes (default: CPUs - 1, at most 8)", optional=True),
@@ -369,7 +379,8 @@ class OrlPairsStage(ViewStage):
         run = RunOptions(**{k: settings[k] for k in _RUN - {"workers"}},
                          workers=default_workers(1) if settings["workers"] is None else settings["workers"],
                          shard=inputs.shard, overwrite=overwrite, quiet=quiet)
-        return sample_orl_views(source, inputs.proposals, Path(settings["ckpt"]), output, p, run, coco=inputs.coco)
+        return sample_orl_views(source, inputs.proposals, Path(settings["ckpt"]), output, p, run, coco=inputs.coco,
+                                segments=SegmentRule.from_settings(settings))
 
     @classmethod
     def merge(cls, shards: list[Path], output: Path, *, overwrite: bool, quiet: bool) -> StageResult:

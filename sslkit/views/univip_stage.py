@@ -3,7 +3,8 @@
 
 Selective-search boxes through ORL's filter (min side 96, aspect ≤ 3, greedy IoU ≤ 0.5 in SS
 order, first 100 [ORL]) *without* ORL's ``boxes[0]`` fallback, so an image may have no candidate
-(spec §2.1 [I]); or COCO ground-truth boxes for the Table 8(b) ablation. Written as an
+(spec §2.1 [I]); or COCO ground-truth boxes for the Table 8(b) ablation; or, from a file of label maps,
+each segment's bounding box through the same filter (docs/swap.md). Written as an
 ``sslkit.views`` artefact with ``views_kind = "univip-candidates"``, which UniVIP training reads
 with :class:`~sslkit.views.candidates.CandidateBoxes`.
 """
@@ -21,7 +22,7 @@ from sslkit.io.artefacts import ArtefactWriter, Record, check_output
 from sslkit.io.images import ImageDecodeError, ImageSource, read_image_size
 from sslkit.proposals.filters import FILTER_KEYS, BoxFilter
 from sslkit.views import check_box_source
-from sslkit.views.candidates import CANDIDATES_KIND, CandidateBoxes
+from sslkit.views.candidates import CANDIDATES_KIND, SEGMENT_KEYS, CandidateBoxes, SegmentRule
 from sslkit.views.stage import StageInputs, StageResult, ViewStage
 
 FORMAT = "sslkit.views"
@@ -38,7 +39,7 @@ def _stats(counts: list[int]) -> dict:
 
 def build_candidates(source: ImageSource, out: Path, *, proposals: Path | None, coco: Path | None,
                      source_kind: str, min_size: float, max_ratio: float, max_iou: float, top_n: int,
-                     overwrite: bool, quiet: bool) -> dict:
+                     overwrite: bool, quiet: bool, segments: SegmentRule | None = None) -> dict:
     """Write UniVIP's per-image candidate instances for the images of ``source`` to ``out``.
 
     ``source_kind="proposals"``: the raw selective-search ``boxes`` of an ``sslkit.proposals`` artefact
@@ -46,7 +47,8 @@ def build_candidates(source: ImageSource, out: Path, *, proposals: Path | None, 
     fallback (spec §2.1). ``source_kind="gt"``: the non-crowd boxes of a COCO json (joined by file
     name), in annotation order, through the same filter (Table 8(b) "ground truth"; [I]: the same
     thresholds keep the ablation about the source of the boxes only; pass 0/0/1/0 to keep them all).
-    ``min_size``/``max_ratio``/``top_n`` 0 and ``max_iou`` 1 switch that step off.
+    ``min_size``/``max_ratio``/``top_n`` 0 and ``max_iou`` 1 switch that step off. A ``proposals`` file of
+    label maps gives the boxes of its segments (``segments``), recorded under ``params.proposals.regions``.
 
     Atomic (temporary file + rename). Returns a summary (counts, thresholds, time).
     """
@@ -68,10 +70,13 @@ def build_candidates(source: ImageSource, out: Path, *, proposals: Path | None, 
     wanted = {r.file_name: r for r in source}
     if len(wanted) != len(source):
         raise UserError("the image list names some files twice", source.coco_path or source.root)
-    cands = CandidateBoxes.open(proposals, filt) if source_kind == "proposals" else CandidateBoxes.from_coco(coco, filt)
+    cands = CandidateBoxes.open(proposals, filt, segments=segments) if source_kind == "proposals" else \
+        CandidateBoxes.from_coco(coco, filt)
     cands.check_covers(source)
     if source_kind == "proposals":
         params["proposals"] = {"path": str(Path(proposals).resolve()), "params": cands.params}
+        if cands.kind == "segments":
+            params["proposals"]["regions"] = cands.describe()
     else:
         params["coco"] = str(Path(coco).resolve())
 
@@ -116,8 +121,10 @@ class UniVIPCandidatesStage(ViewStage):
     VIEWS_KIND = VIEWS_KIND
     SUMMARY = """UniVIP's candidate boxes per image from --proposals
   (--source proposals) or COCO ground truth (--source gt --coco FILE),
-  filtered with the same --min-size/--max-ratio/--max-iou/--top-n flags."""
-    SETTINGS = dict(FILTER_KEYS)  # univip.md §2.1: ORL's values
+  filtered with the same --min-size/--max-ratio/--max-iou/--top-n flags.
+  --proposals may hold label maps: each segment's bounding box is a candidate
+  (--set segment_fields=..., segment_order=size|id)."""
+    SETTINGS = {**FILTER_KEYS, **SEGMENT_KEYS}  # univip.md §2.1: ORL's values; docs/swap.md
     INPUTS = frozenset({"proposals", "coco"})
 
     @classmethod
@@ -125,5 +132,6 @@ class UniVIPCandidatesStage(ViewStage):
             quiet: bool) -> StageResult:
         kind = check_box_source(inputs.source_kind, inputs.proposals, inputs.coco)
         result = build_candidates(source, output, proposals=inputs.proposals, coco=inputs.coco, source_kind=kind,
-                                  **{k: settings[k] for k in FILTER_KEYS}, overwrite=overwrite, quiet=quiet)
+                                  **{k: settings[k] for k in FILTER_KEYS}, overwrite=overwrite, quiet=quiet,
+                                  segments=SegmentRule.from_settings(settings))
         return StageResult(Path(output), f"wrote {output}", result, result["skipped"])

@@ -64,6 +64,8 @@ class ShowOptions:
     seed: int = 0  # seed of the sampled views
     neighbor: int | None = None  # views files with neighbours (ORL pairs): which neighbour slot
     images: Path | None = None  # the image folder `show` resolved (renderers that open other images use it)
+    regions_for: str | None = None  # draw a region file as this method reads it (sslkit.viz.regions)
+    sets: dict | None = None  # that method's conversion settings (--set KEY=VALUE), also for `views`
 
 
 @dataclass
@@ -79,11 +81,20 @@ Renderer = Callable[..., Rendering]
 VIEW_RENDERERS: dict[str, str] = {
     "detcon-s": "sslkit.viz.detcon:render",
     "detcon-b": "sslkit.viz.detcon:render",
+    "univip": "sslkit.viz.univip:render_views",
 }
 
 
-def renderer_for(fmt: str, path: str | Path | None = None, views: str | None = None) -> Renderer:
-    """The renderer registered for artefact kind ``fmt`` (or for ``--views``); one clear line if there is none."""
+def renderer_for(fmt: str, path: str | Path | None = None, views: str | None = None,
+                 regions_for: str | None = None) -> Renderer:
+    """The renderer registered for artefact kind ``fmt`` (or for ``--views`` / ``--for``); one clear line if
+    there is none."""
+    if regions_for is not None:
+        if fmt != "sslkit.proposals" and fmt != "sslkit.views":
+            raise UserError(f"--for draws region files (sslkit.proposals, UniVIP candidates), not {fmt}", path)
+        from sslkit.viz.regions import render
+
+        return render
     if views is not None:
         target = VIEW_RENDERERS.get(views)
         if target is None:

@@ -3,7 +3,8 @@
 Both views are sampled exactly as in training (the method's own view pipelines and mask
 sampling, seeded by ``--seed`` and the image row); every sampled segment gets the same colour in
 both views, unsampled pixels are dimmed, and the lines show the backbone's final feature grid
-(the cells masks are pooled over).
+(the cells masks are pooled over). The masks are read as training reads ``--masks`` (a boxes file:
+painted into label maps), with the method's defaults or ``--set`` (:func:`sslkit.viz.regions.consumer`).
 """
 
 from __future__ import annotations
@@ -53,15 +54,16 @@ def render(art, row: int, image: np.ndarray, opts: ShowOptions) -> Rendering:
     import torch
 
     from sslkit.methods import get_method
-    from sslkit.views.detcon import DetConViews, stacked_labels
+    from sslkit.views.detcon import DetConViews
+    from sslkit.viz.regions import consumer
 
     method = get_method(opts.views)
-    if not art.map_names:
-        raise UserError("has no label maps to sample DetCon views from", art.path,
-                        "pass masks from `sslkit propose --algo felzenszwalb|grid|coco-gt`")
+    store, _ = consumer(opts.views, art.path, opts.sets)
+    if art.file_name[row] not in store.row:
+        raise UserError(f"has no regions for {art.file_name[row]}", art.path)
     size = opts.size or 224
     views = DetConViews(method.view_augs(size), num_masks=method.DEFAULTS["num_masks"], keep_labels=True)
-    labels = stacked_labels(art, row, art.map_names, image.shape[0], image.shape[1])
+    labels = store.labels(art.file_name[row], image.shape[0], image.shape[1])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(opts.seed * 1_000_003 + row)
         v1, v2, _, _, i1, i2, m1, m2 = views(image, labels)

@@ -10,6 +10,10 @@ candidates:
   image exactly as training does, before the photometric augmentations (which would hide them).
 
 ``--top K`` sets the number of instances (default 4, the paper's K).
+
+``sslkit show FILE --views univip`` draws the same for any region file UniVIP's ``--views`` takes (a
+proposals file of boxes or label maps, converted with the method's settings or ``--set``;
+:func:`render_views`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import math
 import numpy as np
 import torch
 
+from sslkit.errors import UserError
 from sslkit.viz import Rendering, ShowOptions
 from sslkit.viz.draw import color, draw_boxes, line_width
 
@@ -43,6 +48,22 @@ def _bordered(tile: np.ndarray, rgb, width: int = 3) -> np.ndarray:
 
 
 def render(art, row: int, image: np.ndarray, opts: ShowOptions) -> Rendering:
+    """A univip-candidates file: its stored boxes."""
+    return _draw(image, row, art.file_name[row], np.asarray(art.ragged("boxes", row), np.float32).reshape(-1, 4), opts)
+
+
+def render_views(art, row: int, image: np.ndarray, opts: ShowOptions) -> Rendering:
+    """``--views univip``: any region file, read as ``pretrain -m univip --views FILE`` reads it."""
+    from sslkit.viz.regions import consumer
+
+    store, _ = consumer("univip", art.path, opts.sets)
+    name = art.file_name[row]
+    if store.rows.get(name) is None:
+        raise UserError(f"has no regions for {name}", art.path)
+    return _draw(image, row, name, store.boxes_for_image(name, *image.shape[:2]), opts)
+
+
+def _draw(image: np.ndarray, row: int, name: str, cands: np.ndarray, opts: ShowOptions) -> Rendering:
     import cv2
     from PIL import Image
 
@@ -52,7 +73,6 @@ def render(art, row: int, image: np.ndarray, opts: ShowOptions) -> Rendering:
 
     k = opts.top or DEFAULT_K
     h, w = image.shape[:2]
-    cands = np.asarray(art.ragged("boxes", row), np.float32).reshape(-1, 4)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(sample_seed(opts.seed, row))
         pair = PairSampler(k=k).sample(h, w, cands)
@@ -83,6 +103,6 @@ def render(art, row: int, image: np.ndarray, opts: ShowOptions) -> Rendering:
     picture = np.concatenate([left, scenes, instances], axis=1)
     naive = len(pair.boxes) - pair.from_candidates
     fallback = ", whole-image fallback" if pair.whole_image else ""
-    text = (f"{art.file_name[row]}: {len(cands)} candidates; {pair.from_candidates} of K={k} in the overlap, "
+    text = (f"{name}: {len(cands)} candidates; {pair.from_candidates} of K={k} in the overlap, "
             f"{naive} naive{fallback}")
     return Rendering(picture, text)
