@@ -301,6 +301,7 @@ def test_swap_stage_freezes_the_training_swaps_and_show_draws_them(photo_dir, tm
         name = a.file_name[2]
     png = tmp_path / "swap.png"
     assert run_cli("show", out, "--image", name, "-o", png) == 0
+    assert run_cli("show", out, "--image", "#1", "-o", png) == 0  # the second image of the frozen batch
     assert "pairs with itself" in capsys.readouterr().err  # the odd batch's middle image
     from PIL import Image
 

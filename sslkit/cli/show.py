@@ -56,14 +56,25 @@ Examples:
 """
 
 
+#: views kinds that freeze training steps: their rows are the positions of a batch (an image may repeat)
+STEP_KINDS = ("mcl-montages", "regioncl-swaps")
+
+
 def find_row(art, key: str, root: Path) -> int:
-    """Row of ``key``: an image id, a file name as stored, or a path to the image file."""
+    """Row of ``key``: an image id, a file name as stored, a path to the image file, or ``#N`` (the N-th
+    row; for a file of frozen training steps a plain ``N`` that is no image id is the N-th row too)."""
     from sslkit.errors import UserError
 
+    if key.startswith("#") and key[1:].isdigit():
+        if int(key[1:]) < len(art.file_name):
+            return int(key[1:])
+        raise UserError(f"row {key} is past the last of the {len(art.file_name)} rows", art.path)
     try:
         return art.index_of(key)
     except UserError:
         pass
+    if key.isdigit() and int(key) < len(art.file_name) and art.attrs.get("views_kind") in STEP_KINDS:
+        return int(key)
     p = Path(key)
     if p.exists():
         try:
@@ -102,7 +113,7 @@ def register(app: typer.Typer) -> None:
     def show_cmd(
         file: Path = typer.Argument(..., help="An sslkit .h5 artefact, or detection results (.json)."),
         output: Path = typer.Option(..., "-o", "--output", help="PNG to write."),
-        image: str = typer.Option(None, "--image", help="Image id, stored file name, or image path. (default: first)"),
+        image: str = typer.Option(None, "--image", help="Image id, stored file name, image path, or #N (the N-th row; for frozen MCL/RegionCL steps N alone). (default: first)"),
         grid: int = typer.Option(0, "--grid", help="Contact sheet of K images instead of one."),
         field: str = typer.Option(None, "--field", help="What to draw (a field of the file). (default: per kind)"),
         top: int = typer.Option(0, "--top", help="Draw at most this many boxes (0: all filtered / first 50 raw)."),
