@@ -87,3 +87,24 @@ def test_the_library_imports_without_typer():
             "assert not any(m == 'typer' or m.startswith('sslkit.cli') for m in sys.modules if sys.modules[m])\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+#: function-local imports of sslkit modules the library keeps, each for an optional dependency
+OPTIONAL_IMPORTS = {("sslkit/engine/feed.py", "sslkit.views.plan.device")}  # kornia: the `gpu` extra
+
+
+def test_no_function_local_imports_in_the_library():
+    """Library modules import sslkit at the top: a function-local import can hide a cycle (the CLI
+    imports lazily, for a fast `sslkit --help`; an optional dependency is the only other reason)."""
+    bad = []
+    for name, path in _modules():
+        if _package(name) in ("cli", "__main__"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for sub in ast.walk(node):
+                    if isinstance(sub, ast.ImportFrom) and (sub.module or "").startswith("sslkit") and \
+                            (path.relative_to(ROOT.parent).as_posix(), sub.module) not in OPTIONAL_IMPORTS:
+                        bad.append(f"{path.relative_to(ROOT.parent)}:{sub.lineno} imports {sub.module}")
+    assert not bad, "move these imports to the top of their module:\n" + "\n".join(bad)
+

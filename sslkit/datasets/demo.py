@@ -14,7 +14,6 @@ annotated.  Annotations are exact: each mask is the object's visible pixels
 (alpha ≥ 0.5), each box the tight box of that mask.
 
 Output (a COCO instances dataset)::
-
     OUT/images/000001.jpg …     scenes, JPEG quality 92
     OUT/annotations.json        all scenes
     OUT/train.json, val.json    a random split by ``val_fraction``
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from sslkit import __version__
+from sslkit.console import info, progress
 from sslkit.datasets.sources import Photo, SourceSet, resolve_sources
 from sslkit.errors import UserError
 
@@ -78,8 +78,6 @@ class _Instance:
 
 
 def _log(quiet: bool):
-    from sslkit.console import info
-
     return lambda msg: info(msg, quiet)
 
 
@@ -187,8 +185,6 @@ def _render(folder: Path, src: SourceSet, n: int, min_side: int, max_side: int, 
     """Compose ``n`` scenes into ``folder/images``; returns the COCO dict without ``info``."""
     import cv2
     from pycocotools import mask as mask_utils
-
-    from sslkit.console import progress
 
     (folder / "images").mkdir()
     cat_ids = {name: k for k, (name, _) in enumerate(src.categories, start=1)}

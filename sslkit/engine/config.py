@@ -15,6 +15,7 @@ from sslkit.config import Key, apply_layer, default_workers, dump_yaml, load_con
 from sslkit.config import frozen_changes as _frozen_changes
 from sslkit.config import resolve as _resolve
 from sslkit.errors import UserError
+from sslkit.transforms import parse_view_aug
 
 #: keys every method has; a method's DEFAULTS override these defaults and add its own keys
 ENGINE_KEYS: dict[str, Key] = {
@@ -140,8 +141,6 @@ def validate(cfg: dict) -> None:
     if cfg["blur_reference_size"] is not None and cfg["blur_reference_size"] < 1:
         raise UserError(f"blur_reference_size must be at least 1 px (got {cfg['blur_reference_size']})")
     if cfg["view_aug"] is not None:
-        from sslkit.transforms import parse_view_aug
-
         try:
             parse_view_aug(cfg["view_aug"])
         except ValueError as e:

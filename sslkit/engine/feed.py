@@ -74,7 +74,7 @@ def make_feed(method_cls, cfg: dict, source, device: torch.device) -> Feed:
     if mode == "cpu":
         return Feed(plan, SkipAwareCollate(plan.collate), finish=lambda b: (plan.finish(b, device), []), **common)
     try:
-        from sslkit.views.plan.device import DeviceViews
+        from sslkit.views.plan.device import DeviceViews  # kornia: the optional `gpu` extra
     except ImportError as e:
         raise UserError(f"--data-path gpu needs kornia ({e})", None, "pip install 'sslkit[gpu]'") from None
     return Feed(plan, SkipAwareCollate(plan.collate), finish=DeviceViews(plan, device), prefetch=cfg["data_prefetch"],

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from sslkit.errors import UserError
+from sslkit.io.coco import annotations_by_image, coco_boxes_xyxy, load_coco
+from sslkit.io.images import ImageSource
 
 TASKS = ("classes", "objects", "multilabel")
 
@@ -92,8 +94,6 @@ def _fingerprint(kind: str, task: str, classes: list[str], items: list[Item], ex
 
 
 def _from_folder(root: Path, reference: LabelledSplit | None) -> LabelledSplit:
-    from sslkit.io.images import ImageSource
-
     src = ImageSource.from_folder(root)
     loose = [r.file_name for r in src if "/" not in r.file_name]
     if loose:
@@ -125,8 +125,6 @@ def _ignored(ann: dict) -> bool:
 
 def _from_coco(json_path: Path, task: str, image_root: str | os.PathLike | None, min_box: float,
                reference: LabelledSplit | None, group_field: str | None = None) -> LabelledSplit:
-    from sslkit.io.coco import annotations_by_image, coco_boxes_xyxy, load_coco
-    from sslkit.io.images import ImageSource
 
     coco = load_coco(json_path)
     cats = sorted(coco["categories"], key=lambda c: c["id"])

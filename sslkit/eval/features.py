@@ -6,7 +6,6 @@
 **Pooling.**  ``avg``: global average pooling (res5 → 2048-d on a ResNet-50).  ``spec``: the
 fixed average pools of Goyal et al. 2019 that ORL/OpenSelfSup use for their linear and VOC07
 SVM benchmarks, giving ≈9k dims per stage at 224 px::
-
     conv1 AvgPool2d(10, 10, 4) → 64×12×12   res2 (16, 8, 0) → 256×6×6   res3 (13, 5, 0) → 512×4×4
     res4  (8, 3, 0)           → 1024×3×3    res5 (6, 1, 0)  → 2048×2×2
 
@@ -37,7 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from sslkit.errors import UserError
 from sslkit.eval.data import LabelledSplit
+from sslkit.io.artefacts import Artefact, ArtefactWriter, Record
+from sslkit.io.images import ImageDecodeError, load_rgb
 from sslkit.transforms.preprocess import Preprocess
 
 STAGES = ("conv1", "res2", "res3", "res4", "res5")
@@ -50,7 +52,6 @@ FEATURES_KEY_VERSION = 2
 
 def parse_layers(text: str) -> list[str]:
     """``"res5"``, ``"res4,res5"`` or ``"all"`` → stage names in network order."""
-    from sslkit.errors import UserError
 
     if text.strip() == "all":
         return list(STAGES)
@@ -108,8 +109,6 @@ class _SplitImages(Dataset):
         return len(self.split.items)
 
     def __getitem__(self, i: int):
-        from sslkit.io.images import ImageDecodeError, load_rgb
-
         it = self.split.items[i]
         try:
             arr, _ = load_rgb(it.path)
@@ -157,9 +156,6 @@ def _read(path: Path, key: dict, layers: list[str]) -> FeatureSet | None:
     """The cached features at ``path`` if it is a complete artefact with exactly this key."""
     import h5py
 
-    from sslkit.errors import UserError
-    from sslkit.io.artefacts import Artefact
-
     try:
         with Artefact(path, "sslkit.features") as a:
             if a.params != json.loads(json.dumps(key, sort_keys=True)):
@@ -181,8 +177,6 @@ def extract(net, split: LabelledSplit, prep: Preprocess, layers: list[str], pool
             attrs: dict | None = None) -> FeatureSet:
     """Run the frozen ``net`` over ``split`` and write an ``sslkit.features`` artefact to ``out``."""
     from torch.utils.data import DataLoader
-
-    from sslkit.io.artefacts import ArtefactWriter, Record
 
     net = net.to(device).eval()
     with torch.inference_mode():

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from sslkit.eval.metrics import mean_ap, topk_accuracy
+
 
 @dataclass(frozen=True)
 class LinearConfig:
@@ -171,8 +173,6 @@ def group_folds(groups: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
 
 
 def _fold_metric(scores: np.ndarray, y: np.ndarray, multilabel: bool) -> float:
-    from sslkit.eval.metrics import mean_ap, topk_accuracy
-
     return mean_ap(scores, y)["mAP"] if multilabel else topk_accuracy(scores, y, ks=(1,))["top1"]
 
 

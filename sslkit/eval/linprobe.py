@@ -16,8 +16,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sslkit import __version__
 from sslkit.dist import resolve_device
-from sslkit.eval.linear import LinearConfig
+from sslkit.errors import UserError
+from sslkit.eval.data import load_split
+from sslkit.eval.features import Preprocess, cached_features, feature_channels
+from sslkit.eval.knn import knn_scores
+from sslkit.eval.linear import LinearConfig, predict, select_weight_decay, train_linear
+from sslkit.eval.metrics import mean_ap, topk_accuracy
+from sslkit.eval.svm import low_shot_svm, svm_scores
+from sslkit.io.artefacts import command_line
+from sslkit.models.convert import load_backbone
 
 PROTOCOLS = ("linear", "knn", "svm")
 
@@ -74,9 +83,6 @@ def _classify(protocol: str, xtr, ytr, xva, num_classes: int, multilabel: bool, 
     if protocol == "linear":
         from dataclasses import replace
 
-        from sslkit.eval.features import feature_channels
-        from sslkit.eval.linear import predict, select_weight_decay, train_linear
-
         channels = feature_channels(layer, s.pool, xtr.shape[1])
         cfg, extra = s.linear, {}
         if s.wd_grid:
@@ -87,20 +93,14 @@ def _classify(protocol: str, xtr, ytr, xva, num_classes: int, multilabel: bool, 
                             channels=channels)
         return predict(head, xva, device), {"train_scores": predict(head, xtr, device), **extra}
     if protocol == "knn":
-        from sslkit.eval.knn import knn_scores
-
         return knn_scores(xtr, ytr, xva, num_classes, s.k, s.temperature, device, progress=progress,
                           desc=f"knn {layer}"), {}
-    from sslkit.eval.svm import svm_scores
 
     scores, info = svm_scores(xtr, ytr, xva, num_classes, s.costs, s.folds, s.svm_jobs, progress, desc=f"svm {layer}")
     return scores, {"svm": info}
 
 
 def _low_shot(xtr, ytr, xva, yva, num_classes: int, s: ProbeSettings, progress, layer: str, source: str) -> dict:
-    from sslkit.errors import UserError
-    from sslkit.eval.svm import low_shot_svm
-
     try:
         return low_shot_svm(xtr, ytr, xva, yva, num_classes, s.low_shot, s.low_shot_samples, s.costs, s.seed,
                             s.svm_jobs, progress, desc=f"low-shot {layer}")
@@ -113,8 +113,6 @@ def _phase(progress, unit: str):
 
 
 def _score(scores: np.ndarray, labels: np.ndarray, multilabel: bool) -> dict:
-    from sslkit.eval.metrics import mean_ap, topk_accuracy
-
     return mean_ap(scores, labels) if multilabel else topk_accuracy(scores, labels)
 
 
@@ -126,12 +124,6 @@ def run_linprobe(weights: str, train: str, val: str, *, task: str | None = None,
     ``progress``, if given, is called with a unit name ("img", "epoch", "query", "class") and returns a
     context manager yielding a progress object (``add_task`` / ``advance``), one per phase.
     """
-    from sslkit import __version__
-    from sslkit.errors import UserError
-    from sslkit.eval.data import load_split
-    from sslkit.eval.features import Preprocess, cached_features
-    from sslkit.io.artefacts import command_line
-    from sslkit.models.convert import load_backbone
 
     s = settings or ProbeSettings()
     t0 = time.perf_counter()

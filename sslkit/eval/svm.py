@@ -35,6 +35,8 @@ import warnings
 
 import numpy as np
 
+from sslkit.eval.metrics import voc_ap
+
 NO_SVM_SCORE = -1e6
 
 
@@ -125,8 +127,6 @@ def _low_shot_class(x: np.ndarray, t: np.ndarray, test_x: np.ndarray, test_t: np
                     costs: tuple[float, ...]) -> list[float]:
     """Test AP (0–1) of one class's SVM for every cost, trained on the rows where ``t`` ≠ -1."""
     from sklearn.exceptions import ConvergenceWarning
-
-    from sslkit.eval.metrics import voc_ap
 
     m = t != -1
     y = np.where(t[m] == 1, 1, -1)

@@ -1,7 +1,6 @@
 """Checkpoints (``.pth``) and exported weights: atomic save, safe load.
 
 A training checkpoint is a plain dict saved with ``torch.save``::
-
     format="sslkit.checkpoint", format_version, sslkit_version, command,
     method, config (resolved, JSON-compatible), epoch, step,
     model (state_dict), optimizer, scaler, scheduler, ema (or None),
@@ -29,6 +28,7 @@ import torch
 
 from sslkit import __version__
 from sslkit.errors import FormatError, UserError
+from sslkit.io.artefacts import command_line
 from sslkit.io.atomic import atomic_path
 
 CHECKPOINT_FORMAT = "sslkit.checkpoint"
@@ -37,7 +37,6 @@ CHECKPOINT_VERSION = 1
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     """Write a training checkpoint atomically (temporary file + rename)."""
-    from sslkit.io.artefacts import command_line
 
     body = {
         "format": CHECKPOINT_FORMAT,

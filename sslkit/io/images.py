@@ -26,6 +26,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sslkit.errors import UserError
+from sslkit.io.atomic import write_text_atomic
+from sslkit.io.coco import load_coco
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -219,8 +221,6 @@ class ImageSource:
 
     @classmethod
     def from_coco(cls, json_path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> ImageSource:
-        from sslkit.io.coco import load_coco
-
         json_path = Path(json_path)
         coco = load_coco(json_path)
         images = coco["images"]
@@ -278,6 +278,4 @@ def resolve_image_root(json_path: Path, sample_names: list[str], image_root: str
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
-    from sslkit.io.atomic import write_text_atomic
-
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")

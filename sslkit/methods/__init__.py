@@ -4,6 +4,7 @@
 a doc page and tests.
 """
 
+from sslkit.errors import UserError
 from sslkit.methods.base import Method
 from sslkit.methods.byol import BYOL
 from sslkit.methods.densecl import DenseCL
@@ -23,8 +24,6 @@ METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
 def get_method(name: str) -> type[Method]:
     """The class registered as ``name``; a :class:`~sslkit.errors.UserError` naming the choices otherwise."""
     if name not in METHODS:
-        from sslkit.errors import UserError
-
         raise UserError(f"unknown method {name!r}", None, f"choose one of: {', '.join(METHODS)}")
     return METHODS[name]
 

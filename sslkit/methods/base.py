@@ -42,6 +42,9 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from sslkit.models.backbones import build_backbone
+from sslkit.transforms import MultiView
+from sslkit.views.dataset import ImageDataset
+from sslkit.views.plan import MultiViewPlan
 from sslkit.views.stage import ViewStage
 
 
@@ -111,7 +114,6 @@ class Method(nn.Module, abc.ABC):
         ``(sample, skipped)`` with ``skipped`` a list of ``(file_name, reason)`` of unreadable images
         it replaced (see :class:`sslkit.views.dataset.ImageDataset`). Samples are collated by ``collate``.
         """
-        from sslkit.views.dataset import ImageDataset
 
         return ImageDataset(source, cls.make_transform(cfg), seed=cfg["seed"])
 
@@ -124,8 +126,6 @@ class Method(nn.Module, abc.ABC):
         ``collate`` and whose ``make_transform`` is a plain ``MultiView`` (one row per ViewAug);
         any other method returns None unless it overrides this.
         """
-        from sslkit.transforms import MultiView
-        from sslkit.views.plan import MultiViewPlan
 
         if cls.make_dataset.__func__ is not Method.make_dataset.__func__ or cls.collate is not default_collate:
             return None

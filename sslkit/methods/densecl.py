@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit import dist
+from sslkit.errors import UserError
 from sslkit.methods.mocov2 import MoCoV2, enqueue, info_nce
 from sslkit.methods.numerics import fp32_loss
 from sslkit.models.backbones import res5
@@ -98,8 +99,6 @@ class DenseCL(MoCoV2):
 
     @classmethod
     def validate(cls, cfg: dict) -> None:
-        from sslkit.errors import UserError
-
         super().validate(cfg)
         if not 0.0 <= cfg["loss_lambda"] <= 1.0:
             raise UserError(f"loss_lambda must be in [0, 1] (got {cfg['loss_lambda']})")

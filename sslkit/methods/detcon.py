@@ -37,6 +37,8 @@ from sslkit.ops.masks import NUM_MASKS, mask_pool, mask_weights
 from sslkit.ops.regions import BOX_ORDERS
 from sslkit.proposals.filters import ORL_DEFAULTS, BoxFilter
 from sslkit.transforms import ViewAug, byol_views, tune_views
+from sslkit.views.detcon import BoxMasks, DetConDataset, DetConViews, MaskStore
+from sslkit.views.plan.detcon import DetConPlan
 
 #: keys shared by both variants
 _COMMON_DEFAULTS = {
@@ -103,15 +105,12 @@ class _DetCon(Method):
 
     @classmethod
     def make_transform(cls, cfg: dict):
-        from sslkit.views.detcon import DetConViews
-
         views = tune_views(cls.view_augs(cfg["image_size"]), cfg["blur_reference_size"], cfg["view_aug"])
         return DetConViews(views, cfg["num_masks"], keep_labels=cfg["mask_pool"] == "soft")
 
     @staticmethod
     def box_masks(cfg: dict):
         """How a boxes file becomes masks (:class:`sslkit.views.detcon.BoxMasks`) under ``cfg``."""
-        from sslkit.views.detcon import BoxMasks
 
         filt = BoxFilter.from_settings({k: cfg[f"filter_{k}"] for k in ORL_DEFAULTS}, fallback=True)
         return BoxMasks(filt, cfg["box_order"])
@@ -119,20 +118,15 @@ class _DetCon(Method):
     @classmethod
     def mask_store(cls, cfg: dict):
         """The masks of ``cfg["masks"]`` as this run reads them (:class:`sslkit.views.detcon.MaskStore`)."""
-        from sslkit.views.detcon import MaskStore
 
         return MaskStore(cfg["masks"], cfg["mask_fields"], cls.box_masks(cfg))
 
     @classmethod
     def make_dataset(cls, cfg: dict, source):
-        from sslkit.views.detcon import DetConDataset
-
         return DetConDataset(source, cls.mask_store(cfg), cls.make_transform(cfg), cfg["seed"])
 
     @classmethod
     def make_plan_dataset(cls, cfg: dict, source, mode: str):
-        from sslkit.views.plan.detcon import DetConPlan
-
         t = cls.make_transform(cfg)
         return DetConPlan(source, cls.mask_store(cfg), t.views, t.num_masks, t.keep_labels, cfg["seed"], mode)
 

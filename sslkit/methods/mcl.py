@@ -54,6 +54,7 @@ from sslkit.views.mcl import (
     windows,
 )
 from sslkit.views.mcl_stage import MCLMontageStage
+from sslkit.views.plan.mcl import MCLPlan
 
 #: the networks EMA'd into the target, online prefix → target prefix
 _PAIRS = {"backbone": "target_backbone", "fpn": "target_fpn", "box_head": "target_box_head",
@@ -174,8 +175,6 @@ class MCL(Method):
 
     @classmethod
     def make_plan_dataset(cls, cfg: dict, source, mode: str):
-        from sslkit.views.plan.mcl import MCLPlan
-
         views = cls.make_transform(cfg)
         return MCLPlan(source, views.views, views.levels, cfg["seed"], mode)
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from sslkit import dist
+from sslkit.errors import UserError
 from sslkit.methods.base import Method
 from sslkit.methods.numerics import fp32_loss
 from sslkit.models.ema import check_ema_settings, ema_momentum, ema_update, frozen_copy
@@ -102,8 +103,6 @@ class MoCoV2(Method):
 
     @classmethod
     def validate(cls, cfg: dict) -> None:
-        from sslkit.errors import UserError
-
         if cfg["queue_size"] < cfg["batch_size"]:
             raise UserError(f"queue_size {cfg['queue_size']} is smaller than the global batch {cfg['batch_size']}",
                             None, "raise --queue-size")

@@ -2,7 +2,6 @@
 from Scene Images", NeurIPS 2021, §3.1 "Stage 3", §3.2; spec ../shared/specs/orl.md §2.4, docs/orl.md).
 
 BYOL (:mod:`sslkit.methods.byol`) plus two RoI losses, all of BYOL's form (ℓ = 2 − 2·cos, symmetric):
-
     L_ORL = L_image(v, v′) + λ_intra · L_intra-RoI(p, p′) + λ_inter · L_inter-RoI(p1, p2)      (Eq. 2)
 
 * global views v, v′: BYOL's two 224 px pipelines (ORL §3.2 "Image augmentations");
@@ -27,11 +26,15 @@ from pathlib import Path
 
 import torch
 
+from sslkit.console import warn
 from sslkit.errors import UserError
 from sslkit.methods.byol import BYOL, byol_loss
 from sslkit.models.heads import byol_mlp
 from sslkit.models.pretrained import checkpoint_heads
+from sslkit.views.orl import ORLDataset, ORLViews
+from sslkit.views.orl_pairs import OrlPairs
 from sslkit.views.orl_stage2 import OrlPairsStage
+from sslkit.views.plan.orl import ORLPlan
 
 
 def _check_head_sizes(cfg: dict, path, projector, predictor) -> None:
@@ -88,23 +91,15 @@ class ORL(BYOL):
 
     @classmethod
     def make_transform(cls, cfg: dict):
-        from sslkit.views.orl import ORLViews
-
         return ORLViews(cfg["image_size"], cfg["patch_size"], cfg["blur_reference_size"], cfg["view_aug"])
 
     @classmethod
     def make_dataset(cls, cfg: dict, source):
-        from sslkit.views.orl import ORLDataset
-        from sslkit.views.orl_pairs import OrlPairs
-
         return ORLDataset(source, OrlPairs(cfg["views"]), cls.make_transform(cfg), cfg["seed"],
                           k_used=cfg["knn_k_used"], pair_ratio_used=cfg["pair_ratio_used"], branches=cls.branches(cfg))
 
     @classmethod
     def make_plan_dataset(cls, cfg: dict, source, mode: str):
-        from sslkit.views.orl import OrlPairs
-        from sslkit.views.plan.orl import ORLPlan
-
         return ORLPlan(source, OrlPairs(cfg["views"]), cfg["seed"], mode, cfg["image_size"], cfg["patch_size"],
                        cfg["blur_reference_size"], cfg["view_aug"], k_used=cfg["knn_k_used"],
                        pair_ratio_used=cfg["pair_ratio_used"], branches=cls.branches(cfg))
@@ -123,7 +118,6 @@ class ORL(BYOL):
             raise UserError(f"patch_size {cfg['patch_size']} is too small for a ResNet (minimum 32)")
         if cfg["knn_k_used"] < 0:
             raise UserError(f"knn_k_used must be >= 0 (got {cfg['knn_k_used']})")
-        from sslkit.views.orl_pairs import OrlPairs
 
         pairs = OrlPairs(cfg["views"])
         if cfg["knn_k_used"] > pairs.k:
@@ -139,8 +133,6 @@ class ORL(BYOL):
             _check_head_sizes(cfg, cfg["init_from"], projector, predictor)
         st = pairs.stats()
         if st["images_without_boxes"] or st["images_without_pairs"]:
-            from sslkit.console import warn
-
             warn(f"{cfg['views']}: {st['images_without_boxes']} of {st['images']} images have no boxes (the whole "
                  f"image is their box) and {st['images_without_pairs']} no RoI pairs (their intra pair is used); "
                  "the per-step fractions are logged as no_boxes / no_pairs")

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from sslkit import dist
+from sslkit.errors import UserError
 from sslkit.methods.base import Method
 from sslkit.methods.numerics import fp32_loss
 from sslkit.models.heads import simclr_projector
@@ -105,8 +106,6 @@ class SimCLR(Method):
 
     @classmethod
     def validate(cls, cfg: dict) -> None:
-        from sslkit.errors import UserError
-
         if cfg["temperature"] <= 0:
             raise UserError("temperature must be > 0")
         if cfg["loss_directions"] not in LOSS_DIRECTIONS:

@@ -25,11 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslkit.errors import UserError
 from sslkit.methods.byol import BYOL, byol_loss
 from sslkit.methods.numerics import fp32_loss
 from sslkit.ops.sinkhorn import MARGINAL_FLOOR, OT_EPS, OT_ITERS, normalize_marginal, sinkhorn_log  # noqa: F401
-from sslkit.proposals.filters import ORL_DEFAULTS
-from sslkit.views.candidates import SEGMENT_KEYS
+from sslkit.proposals.filters import ORL_DEFAULTS, BoxFilter
+from sslkit.views.candidates import SEGMENT_KEYS, CandidateBoxes, SegmentRule
+from sslkit.views.plan.univip import UniVIPPlan
+from sslkit.views.univip import PairSampler, UniVIPDataset, UniVIPViews
 from sslkit.views.univip_stage import UniVIPCandidatesStage
 
 #: the vectors of Eq. 9–10: ``raw`` dot products as the paper writes them [P], or ``normalized``
@@ -162,8 +165,6 @@ class UniVIP(BYOL):
 
     @classmethod
     def make_transform(cls, cfg: dict):
-        from sslkit.views.univip import PairSampler, UniVIPViews
-
         sampler = PairSampler(k=cfg["num_instances"], tries=cfg["overlap_tries"], naive_min_size=cfg["naive_min_size"],
                               naive_max_ratio=cfg["naive_max_ratio"], naive_max_iou=cfg["naive_max_iou"],
                               overlap=cfg["scene_overlap"], naive_only=cfg["naive_only"])
@@ -178,8 +179,6 @@ class UniVIP(BYOL):
     def candidates(cfg: dict):
         """The candidate boxes of ``cfg["views"]`` as this run reads them
         (:class:`sslkit.views.candidates.CandidateBoxes`)."""
-        from sslkit.proposals.filters import BoxFilter
-        from sslkit.views.candidates import CandidateBoxes, SegmentRule
 
         filt = BoxFilter(cfg["filter_min_size"], cfg["filter_max_ratio"], cfg["filter_max_iou"],
                          cfg["filter_top_n"], fallback=False)
@@ -193,22 +192,16 @@ class UniVIP(BYOL):
 
     @classmethod
     def make_dataset(cls, cfg: dict, source):
-        from sslkit.views.univip import UniVIPDataset
-
         return UniVIPDataset(source, cls.candidate_store(cfg), cls.make_transform(cfg), cfg["seed"])
 
     @classmethod
     def make_plan_dataset(cls, cfg: dict, source, mode: str):
-        from sslkit.views.plan.univip import UniVIPPlan
-
         views = cls.make_transform(cfg)
         return UniVIPPlan(source, cls.candidate_store(cfg), views.sampler, cfg["seed"], mode, cfg["image_size"],
                           cfg["instance_size"], views.instances, cfg["blur_reference_size"], cfg["view_aug"])
 
     @classmethod
     def validate(cls, cfg: dict) -> None:
-        from sslkit.errors import UserError
-
         super().validate(cfg)
         if cls.needs_candidates(cfg) and not cfg["views"]:
             raise UserError("univip needs candidate boxes", None,

@@ -15,6 +15,8 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from sslkit.errors import UserError
+
 TINY_WIDTHS = (16, 32, 64, 128)
 
 
@@ -62,8 +64,6 @@ def build_backbone(arch: str, zero_init_residual: bool = False) -> ResNet:
         net: ResNet = TinyResNet()
     else:
         if arch not in available_archs():
-            from sslkit.errors import UserError
-
             raise UserError(f"unknown --arch {arch!r}", None, f"choose one of: {', '.join(available_archs())}")
         net = torchvision.models.get_model(arch, weights=None, zero_init_residual=zero_init_residual)
     net.feat_dim = net.fc.in_features  # type: ignore[attr-defined]

@@ -14,8 +14,10 @@ from pathlib import Path
 import torch
 
 from sslkit.errors import FormatError, UserError
+from sslkit.io.checkpoint import load_weights_file
 from sslkit.io.images import IMAGENET_MEAN, IMAGENET_STD
 from sslkit.models import parts as P
+from sslkit.models.backbones import available_archs, build_backbone
 from sslkit.models.keymaps import (  # noqa: F401 (the key maps are part of this module's API)
     KeyMapError,
     d2_key_to_tv,
@@ -38,7 +40,6 @@ EXPORT_VERSION = 1
 @functools.cache
 def arch_signature(arch: str) -> dict[str, tuple[int, ...]]:
     """Key → shape of the backbone ``arch`` (built on the meta device: no memory, no init cost)."""
-    from sslkit.models.backbones import build_backbone
 
     with torch.device("meta"):
         net = build_backbone(arch)
@@ -46,8 +47,6 @@ def arch_signature(arch: str) -> dict[str, tuple[int, ...]]:
 
 
 def _archs_likely_first() -> list[str]:
-    from sslkit.models.backbones import available_archs
-
     first = ["resnet50", "resnet18", "resnet_tiny", "resnet34", "resnet101"]
     return first + [a for a in available_archs() if a not in first]
 
@@ -191,7 +190,6 @@ def weights_state_dicts(weights: str | os.PathLike, encoder: str | None = None,
     """:func:`backbone_state_dict` plus the detector parts the file holds for that encoder:
     ``(backbone, {part: part state_dict}, meta)``, each part checked against the detector's layout
     (``meta["parts"]``: their names; ``meta["fpn_channels"]``: their width)."""
-    from sslkit.io.checkpoint import load_weights_file
 
     path = Path(weights)
     kind, obj = load_weights_file(path)
@@ -291,7 +289,6 @@ def load_backbone(weights: str | os.PathLike, arch: str | None = None, encoder: 
     any file :func:`backbone_state_dict` reads.  ``meta["backbone_sha256"]`` identifies the
     weights whatever container they came in.
     """
-    from sslkit.models.backbones import build_backbone
 
     if str(weights) == "random":
         if arch is None:

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from sslkit.io.artefacts import Record
+from sslkit.io.coco import annotations_by_image, instance_label_map, load_coco
+from sslkit.io.images import ImageDecodeError, load_rgb
 from sslkit.proposals.filters import BoxFilter
 from sslkit.proposals.masks import (
     FH_DEFAULT_MAX_SIDE,
@@ -23,6 +25,7 @@ from sslkit.proposals.masks import (
     GRID_DEFAULT_N,
     felzenszwalb,
     grid_labels,
+    resize_labels,
     scaled_min_size,
 )
 from sslkit.proposals.selective_search import selective_search, to_original_pixels
@@ -130,8 +133,6 @@ _COCO_CACHE: dict[str, tuple[dict[int, list], dict[int, tuple[int, int]]]] = {}
 
 def _coco_annotations(path: str) -> tuple[dict[int, list], dict[int, tuple[int, int]]]:
     if path not in _COCO_CACHE:
-        from sslkit.io.coco import annotations_by_image, load_coco
-
         coco = load_coco(path)
         sizes = {im["id"]: (int(im.get("height", 0) or 0), int(im.get("width", 0) or 0)) for im in coco["images"]}
         _COCO_CACHE[path] = (annotations_by_image(coco), sizes)
@@ -161,9 +162,6 @@ class CocoGT:
                 "mask_fields": list(self.map_names)}
 
     def compute(self, rgb: np.ndarray, orig_hw: tuple[int, int], image_id: int) -> tuple[dict, dict]:
-        from sslkit.io.coco import instance_label_map
-        from sslkit.proposals.masks import resize_labels
-
         anns_by_image, sizes = _coco_annotations(self.coco)
         anns = [a for a in anns_by_image.get(image_id, []) if self.include_crowd or not a.get("iscrowd", 0)]
         h, w = sizes.get(image_id) or orig_hw
@@ -178,7 +176,6 @@ Algorithm = SelectiveSearch | Felzenszwalb | Grid | CocoGT
 
 def process_image(algo: Algorithm, task: tuple[int, str, str]) -> Record | tuple[str, str]:
     """Run ``algo`` on one image ``(image_id, file_name, path)``: a Record, or ``(file_name, reason)`` if unreadable."""
-    from sslkit.io.images import ImageDecodeError, load_rgb
 
     image_id, file_name, path = task
     try:

@@ -31,6 +31,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
+from sslkit import __version__
+from sslkit.console import info, progress
 from sslkit.errors import UserError
 from sslkit.io.artefacts import ArtefactWriter, Record, check_output
 from sslkit.io.chunks import ChunkStage, chunk_ranges, partial_dir
@@ -136,7 +138,6 @@ def run_propose(
     quiet: bool = False,
 ) -> Summary:
     """Compute ``algo`` over ``source`` (or one shard of it) into the artefact ``output``; resumable."""
-    from sslkit.console import info, progress
 
     output = Path(output)
     check_output(output, FORMAT, overwrite)
@@ -153,8 +154,6 @@ def run_propose(
     records = source.records[start:stop]
     chunks = [records[r.start:r.stop] for r in chunk_ranges(0, len(records), chunk_size)]
     ragged, maps = algo.fields()
-
-    from sslkit import __version__
 
     fingerprint = {"params": params, "images": records_digest(records), "chunk_size": chunk_size,
                    "sslkit_version": __version__}

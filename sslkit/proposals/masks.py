@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from sslkit._env import require_ximgproc
+from sslkit.errors import UserError
+
 #: DetCon's FH parameters (detcon.md §2.1): ImageNet s = c = 1000 [P][C]; sigma 0.8 = skimage's default [C]
 FH_DEFAULT_SCALE = 1000
 FH_DEFAULT_MIN_SIZE = 1000
@@ -44,8 +47,6 @@ def scaled_min_size(min_size: int, map_hw: tuple[int, int], orig_hw: tuple[int, 
 
 def felzenszwalb(rgb: np.ndarray, scale: float, min_size: int, sigma: float = FH_SIGMA) -> np.ndarray:
     """FH segment ids ``0..K-1`` of one RGB uint8 image, as a uint16 ``(H, W)`` map (at the image's size)."""
-    from sslkit._env import require_ximgproc
-    from sslkit.errors import UserError
 
     cv2 = require_ximgproc()
     gs = cv2.ximgproc.segmentation.createGraphSegmentation(float(sigma), float(scale), int(min_size))

@@ -21,6 +21,7 @@ import ctypes.util
 
 import numpy as np
 
+from sslkit._env import require_ximgproc
 from sslkit.ops.boxes import xywh_to_xyxy
 
 MODES = ("fast", "quality")
@@ -48,7 +49,6 @@ def seed_c_rand(seed: int) -> bool:
 
 def selective_search(rgb: np.ndarray, mode: str = "fast", seed: int = 1) -> np.ndarray:
     """Boxes of one RGB uint8 image as ``(N, 4)`` float32 xyxy in that image's pixels, in SS order."""
-    from sslkit._env import require_ximgproc
 
     cv2 = require_ximgproc()
     if mode not in MODES:

@@ -1,12 +1,12 @@
 """View samplers of the object-level methods: what two views of an image show, and which regions they
 share; and the offline view stages (:mod:`sslkit.views.stage`) that compute them once per dataset."""
 
+from sslkit.errors import UserError
+
 
 def check_box_source(kind: str | None, proposals, coco) -> str:
     """Where the candidate boxes come from, checked: ``proposals`` (``--proposals FILE``, the default)
     or ``gt`` (``--coco FILE``), exactly one of the two files given. Returns the kind."""
-    from sslkit.errors import UserError
-
     kind = kind or "proposals"
     if kind not in ("proposals", "gt"):
         raise UserError(f"--source {kind!r} is not proposals or gt")

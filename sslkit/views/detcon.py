@@ -27,6 +27,7 @@ from torchvision import tv_tensors
 
 from sslkit.console import warn
 from sslkit.errors import UserError
+from sslkit.io.artefacts import Artefact
 from sslkit.io.images import ImageSource
 from sslkit.ops.masks import cell_owners
 from sslkit.ops.regions import boxes_to_labels
@@ -50,7 +51,6 @@ def feature_grid(size: int, stride_log2: int = 5) -> int:
 def stacked_labels(artefact, row: int, fields: Sequence[str], height: int, width: int) -> np.ndarray:
     """(S, height, width) int64: label-map ``fields`` of ``row`` resized (nearest) to the image, ids of
     field ``s`` offset by ``s·FIELD_OFFSET``."""
-    from sslkit.proposals.masks import resize_labels
 
     out = np.empty((len(fields), height, width), np.int64)
     for s, field in enumerate(fields):
@@ -87,8 +87,6 @@ class MaskStore:
     """
 
     def __init__(self, path: str | os.PathLike, fields: str | Sequence[str] = "all", boxes: BoxMasks | None = None):
-        from sslkit.io.artefacts import Artefact
-
         self.path = str(path)
         self.box_rule = boxes or BoxMasks()
         with Artefact(path, ("sslkit.proposals", "sslkit.views")) as a:
@@ -146,8 +144,6 @@ class MaskStore:
                             "run sslkit propose on the same images (folder or COCO json) as pretrain")
 
     def _open(self):
-        from sslkit.io.artefacts import Artefact
-
         if self._artefact is None or self._pid != os.getpid():
             self._artefact = Artefact(self.path)
             self._pid = os.getpid()

@@ -31,7 +31,9 @@ import numpy as np
 import torch
 
 from sslkit.config import Key
+from sslkit.console import progress
 from sslkit.errors import UserError
+from sslkit.io.artefacts import ArtefactWriter, Record, check_output
 from sslkit.transforms.pipelines import IMAGENET_MEAN, IMAGENET_STD
 from sslkit.views.dataset import ImageDataset
 from sslkit.views.mcl import (
@@ -82,8 +84,6 @@ class MCLMontageStage(ViewStage):
     @classmethod
     def run(cls, source, output: Path, settings: dict, inputs: StageInputs, *, overwrite: bool,
             quiet: bool) -> StageResult:
-        from sslkit.console import progress
-        from sslkit.io.artefacts import ArtefactWriter, Record, check_output
 
         t0 = time.perf_counter()
         b, size, levels = settings["batch_size"], settings["image_size"], settings["levels"]

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from sslkit.errors import UserError
 from sslkit.io.artefacts import Record
+from sslkit.io.images import ImageDecodeError, load_rgb
 from sslkit.models.backbones import build_backbone
 from sslkit.models.heads import byol_mlp
 from sslkit.models.pretrained import checkpoint_heads
@@ -117,8 +118,6 @@ class EmbedImages(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, i: int):
-        from sslkit.io.images import ImageDecodeError, load_rgb
-
         try:
             arr, _ = load_rgb(self.records[i].path)
         except ImageDecodeError as e:
@@ -138,8 +137,6 @@ class DecodeImages(torch.utils.data.Dataset):
         return len(self.tasks)
 
     def __getitem__(self, i: int):
-        from sslkit.io.images import ImageDecodeError, load_rgb
-
         c, j = (int(v) for v in self.tasks[i])
         try:
             arr, _ = load_rgb(self.paths[j])

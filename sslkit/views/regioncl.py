@@ -35,6 +35,11 @@ import numpy as np
 import torch
 
 from sslkit.config import Key
+from sslkit.console import progress
+from sslkit.errors import UserError
+from sslkit.io.artefacts import ArtefactWriter, Record, check_output
+from sslkit.io.images import ImageDecodeError, load_rgb
+from sslkit.transforms import MultiView, mocov2_views, tune_views
 from sslkit.views.dataset import sample_seed
 from sslkit.views.stage import StageInputs, StageResult, ViewStage
 
@@ -184,11 +189,6 @@ class RegionCLSwapStage(ViewStage):
     @classmethod
     def run(cls, source, output: Path, settings: dict, inputs: StageInputs, *, overwrite: bool,
             quiet: bool) -> StageResult:
-        from sslkit.console import progress
-        from sslkit.errors import UserError
-        from sslkit.io.artefacts import ArtefactWriter, check_output
-        from sslkit.io.images import ImageDecodeError, load_rgb
-        from sslkit.transforms import MultiView, mocov2_views, tune_views
 
         t0 = time.perf_counter()
         s = {k: settings.get(k, key.default) for k, key in cls.SETTINGS.items()}
@@ -253,8 +253,6 @@ class RegionCLSwapStage(ViewStage):
 
     @staticmethod
     def _write_step(writer, step: int, pending, s: dict, mean, std) -> None:
-        from sslkit.io.artefacts import Record
-
         b = len(pending)
         x = torch.stack([q for _, _, q in pending])
         box = sample_box(swap_generator(s["seed"], 0, step), x.shape[2], x.shape[3], s["regioncl_cells_min"],

@@ -12,16 +12,18 @@ from __future__ import annotations
 import numpy as np
 
 from sslkit.errors import UserError
-from sslkit.viz import Rendering, ShowOptions
+from sslkit.methods import get_method
+from sslkit.transforms import IMAGENET_MEAN, IMAGENET_STD
+from sslkit.views.detcon import DetConViews
+from sslkit.viz.base import Rendering, ShowOptions
 from sslkit.viz.draw import color
+from sslkit.viz.regions import consumer
 
 #: views are drawn at least this large so that the feature grid stays visible
 MIN_SIDE = 256
 
 
 def _to_uint8(view) -> np.ndarray:
-    from sslkit.transforms import IMAGENET_MEAN, IMAGENET_STD
-
     v = view.float().numpy().transpose(1, 2, 0) * np.array(IMAGENET_STD) + np.array(IMAGENET_MEAN)
     return (np.clip(v, 0, 1) * 255).round().astype(np.uint8)
 
@@ -52,10 +54,6 @@ def _draw_view(view, labels, sampled: list[int], palette: dict[int, tuple[int, i
 
 def render(art, row: int, image: np.ndarray, opts: ShowOptions) -> Rendering:
     import torch
-
-    from sslkit.methods import get_method
-    from sslkit.views.detcon import DetConViews
-    from sslkit.viz.regions import consumer
 
     method = get_method(opts.views)
     store, _ = consumer(opts.views, art.path, opts.sets)

@@ -19,7 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from sslkit.errors import FormatError, UserError
-from sslkit.viz import Rendering, ShowOptions
+from sslkit.eval.detect import PREDICTIONS_FORMAT, PREDICTIONS_VERSION, predictions_meta_path
+from sslkit.eval.detect.data import decode_mask
+from sslkit.io.coco import annotations_by_image, load_coco
+from sslkit.io.images import ImageSource, read_image_size
+from sslkit.models.convert import file_sha256
+from sslkit.viz.base import Rendering, ShowOptions
 from sslkit.viz.draw import color, line_width
 
 SCORE_THRESHOLD = 0.5
@@ -31,11 +36,6 @@ class DetectionsFile:
     image table, ``index_of``), plus the detections and ground truth of each image."""
 
     def __init__(self, path: str | Path, images: str | Path | None = None, image_root: str | Path | None = None):
-        from sslkit.eval.detect import PREDICTIONS_FORMAT, PREDICTIONS_VERSION, predictions_meta_path
-        from sslkit.io.coco import annotations_by_image, load_coco
-        from sslkit.io.images import ImageSource, read_image_size
-        from sslkit.models.convert import file_sha256
-
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError("no such file", self.path)
@@ -122,8 +122,6 @@ class DetectionsFile:
 
 
 def _mask(seg, height: int, width: int) -> np.ndarray | None:
-    from sslkit.eval.detect.data import decode_mask
-
     if not seg:
         return None
     return decode_mask({"segmentation": seg, "bbox": [0, 0, 0, 0]}, height, width).astype(bool)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sslkit.io.atomic import write_bytes_atomic
+
 CAPTION_HEIGHT = 18
 
 
@@ -105,8 +107,6 @@ def contact_sheet(tiles: list[np.ndarray], captions: list[str], tile: int) -> np
 def save_png(path: str | Path, image: np.ndarray) -> None:
     """Write an RGB array as PNG, atomically."""
     import cv2
-
-    from sslkit.io.atomic import write_bytes_atomic
 
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))
     if not ok:

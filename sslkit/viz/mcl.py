@@ -14,7 +14,8 @@ import math
 
 import numpy as np
 
-from sslkit.viz import Rendering, ShowOptions
+from sslkit.views.mcl_stage import montages_from_file
+from sslkit.viz.base import Rendering, ShowOptions
 from sslkit.viz.draw import caption
 
 HIGHLIGHT = (255, 220, 0)
@@ -67,8 +68,6 @@ def panel(montages: np.ndarray, sources: np.ndarray, ratio: int, size: int, high
 
 
 def render(art, row: int, image: np.ndarray, opts: ShowOptions) -> Rendering:
-    from sslkit.views.mcl_stage import montages_from_file
-
     a = art.attrs
     levels, b, size = int(a["levels"]), int(a["batch_size"]), int(a["image_size"])
     montages = montages_from_file(art)

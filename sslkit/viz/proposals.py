@@ -14,7 +14,7 @@ import numpy as np
 from sslkit.errors import UserError
 from sslkit.io.artefacts import Artefact
 from sslkit.proposals.masks import resize_labels
-from sslkit.viz import Rendering, ShowOptions
+from sslkit.viz.base import Rendering, ShowOptions
 from sslkit.viz.draw import draw_boxes, overlay_labels
 
 #: raw selective-search lists are long; show the head of the ranking unless --top says otherwise

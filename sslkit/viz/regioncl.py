@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sslkit.viz import Rendering, ShowOptions
+from sslkit.viz.base import Rendering, ShowOptions
 
 PANEL = 256
 TITLE_H = 20

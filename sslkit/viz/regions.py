@@ -24,7 +24,8 @@ from sslkit.ops.regions import BOX_ORDERS
 from sslkit.proposals.filters import FILTER_KEYS, BoxFilter
 from sslkit.views.candidates import SEGMENT_KEYS, CandidateBoxes, SegmentRule
 from sslkit.views.detcon import FIELD_OFFSET
-from sslkit.viz import Rendering, ShowOptions
+from sslkit.views.orl_stage2 import OrlPairsStage
+from sslkit.viz.base import Rendering, ShowOptions
 from sslkit.viz.draw import draw_boxes, overlay_labels
 
 #: ``--for`` methods and the settings of theirs that decide how a region file is read
@@ -42,7 +43,6 @@ def _spec(method: str) -> dict:
         raise UserError(f"--for {method!r} is not one of {', '.join(CONVERSION_KEYS)}", None,
                         "the methods that read region files (MCL and RegionCL make their own regions)")
     if method == "orl":  # its boxes are read by stage 2 (sample-views -m orl), with that stage's settings
-        from sslkit.views.orl_stage2 import OrlPairsStage
 
         return {k: OrlPairsStage.SETTINGS[k] for k in CONVERSION_KEYS[method]}
     keys = method_keys(get_method(method))

@@ -24,8 +24,12 @@ import numpy as np
 import torch
 
 from sslkit.errors import UserError
-from sslkit.viz import Rendering, ShowOptions
+from sslkit.transforms import crop_resize
+from sslkit.views.dataset import sample_seed
+from sslkit.views.univip import PairSampler
+from sslkit.viz.base import Rendering, ShowOptions
 from sslkit.viz.draw import color, draw_boxes, line_width
+from sslkit.viz.regions import consumer
 
 SCENE_SIZE = 224
 INSTANCE_SIZE = 96
@@ -54,7 +58,6 @@ def render(art, row: int, image: np.ndarray, opts: ShowOptions) -> Rendering:
 
 def render_views(art, row: int, image: np.ndarray, opts: ShowOptions) -> Rendering:
     """``--views univip``: any region file, read as ``pretrain -m univip --views FILE`` reads it."""
-    from sslkit.viz.regions import consumer
 
     store, _ = consumer("univip", art.path, opts.sets)
     name = art.file_name[row]
@@ -66,10 +69,6 @@ def render_views(art, row: int, image: np.ndarray, opts: ShowOptions) -> Renderi
 def _draw(image: np.ndarray, row: int, name: str, cands: np.ndarray, opts: ShowOptions) -> Rendering:
     import cv2
     from PIL import Image
-
-    from sslkit.transforms import crop_resize
-    from sslkit.views.dataset import sample_seed
-    from sslkit.views.univip import PairSampler
 
     k = opts.top or DEFAULT_K
     h, w = image.shape[:2]

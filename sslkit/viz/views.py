@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from sslkit.errors import UserError
-from sslkit.viz import Rendering, ShowOptions
+from sslkit.io.images import ImageDecodeError, load_rgb
+from sslkit.viz.base import Rendering, ShowOptions, image_root
+from sslkit.viz.draw import color, line_width
 
 #: views_kind → "module:function" of the renderer of that kind
 KINDS = {
@@ -66,10 +68,6 @@ def _fit_height(image: np.ndarray, height: int) -> tuple[np.ndarray, float]:
 
 def render_orl_pairs(art, row: int, image: np.ndarray, opts: ShowOptions) -> Rendering:
     import cv2
-
-    from sslkit.io.images import ImageDecodeError, load_rgb
-    from sslkit.viz import image_root
-    from sslkit.viz.draw import color, line_width
 
     k = int(art.field_spec("knn_ids")[1][0])
     slot = neighbor_slot(opts, k, art.path)

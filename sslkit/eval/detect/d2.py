@@ -26,7 +26,17 @@ from pathlib import Path
 
 import yaml
 
+from sslkit import __version__
 from sslkit.errors import UserError
+from sslkit.eval.detect import METRICS_FORMAT, METRICS_VERSION
+from sslkit.eval.detect.data import load_detection_split
+from sslkit.eval.detect.evaluate import METRICS
+from sslkit.io.atomic import write_text_atomic
+from sslkit.io.checkpoint import save_detectron2_pkl
+from sslkit.io.images import write_json
+from sslkit.models import convert as C
+from sslkit.models.convert import detectron2_config
+from sslkit.models.parts import to_detectron2
 
 CONFIG = "d2_config.yaml"
 WEIGHTS = "backbone_d2.pkl"
@@ -46,7 +56,6 @@ def d2_norm(cfg: dict, num_gpus: int) -> str:
 
 def config_dict(cfg: dict, weights_pkl: str, output_dir: str, num_gpus: int) -> dict:
     """The detectron2 config of the run ``cfg`` (sslkit's resolved settings) as nested dicts."""
-    from sslkit.models.convert import detectron2_config
 
     base = yaml.safe_load(detectron2_config(cfg["arch"], weights_pkl))
     if not isinstance(base, dict):
@@ -109,9 +118,6 @@ def config_yaml(cfg: dict, weights_pkl: str, output_dir: str, num_gpus: int, com
 
 def write_backbone_pkl(cfg: dict, path: Path) -> None:
     """The run's backbone (the weights file, or the seeded random init) as a detectron2 .pkl."""
-    from sslkit.io.checkpoint import save_detectron2_pkl
-    from sslkit.models import convert as C
-    from sslkit.models.parts import to_detectron2
 
     net, meta = C.load_backbone(cfg["weights"], arch=cfg["arch"], encoder=cfg["encoder"], seed=cfg["seed"])
     model = C.torchvision_to_detectron2(net.state_dict())
@@ -130,7 +136,6 @@ def write_backbone_pkl(cfg: dict, path: Path) -> None:
 
 def prepare(cfg: dict, run_dir: Path, num_gpus: int, command: str = "") -> tuple[Path, Path]:
     """Write ``backbone_d2.pkl`` and ``d2_config.yaml`` into ``run_dir``; returns their paths."""
-    from sslkit.io.atomic import write_text_atomic
 
     run_dir.mkdir(parents=True, exist_ok=True)
     pkl, yml = run_dir / WEIGHTS, run_dir / CONFIG
@@ -187,9 +192,6 @@ def run(cfg: dict, run_dir: Path, num_gpus: int, *, nodes: int = 1, node_rank: i
         raise UserError("detectron2 is not installed", None, "install it (build from source) or use --engine torchvision")
     from detectron2.engine import launch
 
-    from sslkit.eval.detect.data import load_detection_split
-    from sslkit.io.images import write_json
-
     yml = run_dir / CONFIG if eval_only else prepare(cfg, run_dir, num_gpus * nodes, command)[1]
     if eval_only and not yml.exists():
         raise UserError(f"no {CONFIG} (nothing was trained here with detectron2)", run_dir, "train first")
@@ -213,9 +215,6 @@ def _num(v) -> float | None:
 
 def metrics_record(cfg: dict, results: dict, run_dir: Path, eval_only: bool, command: str) -> dict:
     """detectron2's ``COCOEvaluator`` results (percent, ``AP-<category>`` entries) → sslkit's metrics schema."""
-    from sslkit import __version__
-    from sslkit.eval.detect import METRICS_FORMAT, METRICS_VERSION
-    from sslkit.eval.detect.evaluate import METRICS
 
     r = cfg["resolved"]
     out = {"format": METRICS_FORMAT, "format_version": METRICS_VERSION, "sslkit_version": __version__,

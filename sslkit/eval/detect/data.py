@@ -34,7 +34,9 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from sslkit.errors import UserError
-from sslkit.io.images import ImageDecodeError, ImageRecord, load_rgb
+from sslkit.io.coco import ann_to_mask, load_coco
+from sslkit.io.images import ImageDecodeError, ImageRecord, ImageSource, load_rgb, read_image_size
+from sslkit.views.dataset import sample_seed
 
 #: give up when this many images in a row cannot be decoded (something is wrong with the source)
 MAX_CONSECUTIVE_UNREADABLE = 64
@@ -47,7 +49,6 @@ def valid_polygons(seg: list) -> list:
 
 def decode_mask(ann: dict, height: int, width: int) -> np.ndarray:
     """(H, W) uint8 mask of an annotation; degenerate polygon parts are ignored (box mask if none is left)."""
-    from sslkit.io.coco import ann_to_mask
 
     seg = ann.get("segmentation")
     if isinstance(seg, list):
@@ -113,7 +114,6 @@ class DetectionSplit:
 
     def aspect_groups(self) -> np.ndarray:
         """0 for landscape (w ≥ h), 1 for portrait, per image (sizes from the json, else the file header)."""
-        from sslkit.io.images import read_image_size
 
         out = np.zeros(len(self.records), np.int64)
         for i, r in enumerate(self.records):
@@ -134,8 +134,6 @@ class DetectionSplit:
 def load_detection_split(json_path: str | os.PathLike, image_root: str | os.PathLike | None = None,
                          reference: DetectionSplit | None = None) -> DetectionSplit:
     """Read a COCO instances json for detection; ``reference`` (the training split) fixes the categories."""
-    from sslkit.io.coco import load_coco
-    from sslkit.io.images import ImageSource
 
     json_path = Path(json_path)
     coco = load_coco(json_path)
@@ -186,8 +184,6 @@ class TrainImages(Dataset):
         return len(self.indices)
 
     def __getitem__(self, key: tuple[int, int]):
-        from sslkit.views.dataset import sample_seed
-
         it, pos = key
         n = len(self.indices)
         skipped: list[tuple[str, str]] = []
@@ -228,7 +224,6 @@ def collate(items):
 
 def batch_stream(num: int, batch: int, seed: int, groups: np.ndarray | None, salt: int = 0) -> Iterator[list[int]]:
     """Endless global batches (positions in ``0..num-1``), aspect-grouped; a function of ``seed`` alone."""
-    from sslkit.views.dataset import sample_seed
 
     buckets: dict[int, list[int]] = {}
     epoch = 0

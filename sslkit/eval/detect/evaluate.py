@@ -15,6 +15,8 @@ import io
 
 import numpy as np
 
+from sslkit.eval.detect.data import decode_mask
+
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 IOU_TYPES = ("bbox", "segm")
 
@@ -46,7 +48,6 @@ def to_coco_results(image_id: int, output: dict, label_to_category: dict[int, in
 def prepare_gt(coco: dict) -> dict:
     """A copy of a COCO json that pycocotools' COCOeval accepts: every annotation with ``id``,
     ``iscrowd`` and ``area`` (the mask area, else the box area, when the json has none)."""
-    from sslkit.eval.detect.data import decode_mask
 
     gt = {"images": coco["images"], "categories": coco["categories"], "annotations": []}
     images = {im["id"]: im for im in coco["images"]}

@@ -27,6 +27,8 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from sslkit.errors import FormatError, UserError
+
 #: detectron2 names of the backbone parts FREEZE_AT counts: 1 = stem, 2 = stem + res2, …
 FREEZE_PARTS = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
@@ -80,8 +82,6 @@ class DetectorMaskRCNN(MaskRCNN):
 
 def frozen_parts(freeze_at: int) -> tuple[str, ...]:
     if not 0 <= freeze_at <= 5:
-        from sslkit.errors import UserError
-
         raise UserError(f"--freeze-at must be 0..5 (got {freeze_at})", None,
                         "0: train everything, 1: freeze the stem, 2: stem + res2, …, 5: the whole backbone")
     return tuple(n for part in FREEZE_PARTS[:freeze_at] for n in part)
@@ -162,7 +162,6 @@ PART_NAMES = {"fpn": "FPN (lateral + output convs with BN)", "head": "box-head c
 def parts_settings(meta: dict, given: dict) -> dict:
     """The detect settings a weights file's detector parts imply: ``init_parts`` (the parts it holds)
     and, when it holds any, ``fpn_channels`` (their width; a different ``--fpn-channels`` is an error)."""
-    from sslkit.errors import UserError
 
     parts = list(meta.get("parts") or [])
     if not parts:
@@ -179,7 +178,6 @@ def load_parts(model: MaskRCNN, parts: dict[str, dict]) -> str:
     """Initialise the detector's FPN / the 4 convs of its box head from pretrained ``parts``
     (:mod:`sslkit.models.parts` layouts), every key and shape checked; returns a log line of what
     came from the weights and what starts from scratch."""
-    from sslkit.errors import FormatError
 
     targets = {"fpn": model.backbone.fpn, "head": nn.Sequential(*list(model.roi_heads.box_head)[:4])}
     for part, sd in parts.items():

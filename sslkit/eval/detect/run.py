@@ -16,6 +16,7 @@ from sslkit.engine.config import resolve_precision
 from sslkit.engine.launch import device_layout, launch
 from sslkit.engine.rundir import LAST, make_run_dir, plan
 from sslkit.errors import UserError
+from sslkit.eval.detect import d2
 from sslkit.eval.detect import settings as S
 from sslkit.eval.detect import train as T
 from sslkit.eval.detect.model import parts_settings
@@ -111,8 +112,6 @@ def run_detect(weights: str | None, out: Path, layers: list[tuple[str, dict]], *
     cfg["resolved"] = resolved
 
     if engine == "detectron2":
-        from sslkit.eval.detect import d2
-
         n_gpus = world if dev == "cuda" else 0
         if dry_run:
             pkl, yml = d2.prepare(cfg, out, n_gpus, command)

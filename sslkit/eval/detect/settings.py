@@ -11,6 +11,8 @@ import math
 
 from sslkit.config import Key
 from sslkit.errors import UserError
+from sslkit.eval.detect.data import load_detection_split
+from sslkit.eval.detect.schedule import make_schedule
 
 _PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -95,8 +97,6 @@ def train_sizes(min_size: int, explicit: list[int] | None = None) -> list[int]:
 def resolve_data(cfg: dict) -> dict:
     """Derived settings that depend on the data: usable training images, schedule, sizes, Precise BN
     length, categories.  Stored in ``cfg["resolved"]``."""
-    from sslkit.eval.detect.data import load_detection_split
-    from sslkit.eval.detect.schedule import make_schedule
 
     tr = load_detection_split(cfg["train"], cfg["image_root"])
     va = load_detection_split(cfg["val"], cfg["val_image_root"] or cfg["image_root"], reference=tr)

@@ -1,7 +1,6 @@
 """The ``sslkit detect`` run (torchvision engine): fine-tune, Precise BN, evaluate; resumable, distributed.
 
 A run lives in ``RUN_DIR``::
-
     config.yaml           the resolved settings (also inside every checkpoint)
     last.pth              model, optimizer, scaler, schedule, RNG and iteration (weights_only loadable);
                           its ``encoders`` table makes the fine-tuned backbone usable by linprobe/export
@@ -30,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from sslkit import dist
+from sslkit import __version__, dist
 from sslkit.console import console, progress
 from sslkit.engine.bn import average_bn_stats, precise_bn
 from sslkit.engine.config import dump_yaml
@@ -46,12 +45,29 @@ from sslkit.engine.rundir import (
     restore,
 )
 from sslkit.errors import UserError
-from sslkit.eval.detect.data import RankBatches, TrainImages, collate, load_detection_split
-from sslkit.eval.detect.model import optimizer_param_groups
+from sslkit.eval.detect import (
+    METRICS_FORMAT,
+    METRICS_VERSION,
+    PREDICTIONS_FORMAT,
+    PREDICTIONS_VERSION,
+    predictions_meta_path,
+)
+from sslkit.eval.detect.data import (
+    EvalImages,
+    RankBatches,
+    TrainImages,
+    collate,
+    eval_collate,
+    load_detection_split,
+)
+from sslkit.eval.detect.evaluate import evaluate, has_masks, to_coco_results
+from sslkit.eval.detect.model import build_mask_rcnn, load_parts, optimizer_param_groups
 from sslkit.eval.detect.schedule import DetectionSchedule
 from sslkit.io.atomic import write_text_atomic
 from sslkit.io.checkpoint import rng_state, save_checkpoint
 from sslkit.io.images import write_json
+from sslkit.models.backbones import build_backbone
+from sslkit.models.convert import PIXEL_MEAN, PIXEL_STD, file_sha256, load_backbone, weights_state_dicts
 
 METRICS = "metrics.json"
 RUN_OUTPUTS = (LAST, "log.jsonl", "tb", SKIPPED, "config.yaml", METRICS, "predictions.json",
@@ -72,9 +88,6 @@ class DetectOptions:
 def build_model(cfg: dict, fresh_backbone: bool) -> tuple[nn.Module, str]:
     """The detector of ``cfg``; the backbone (and the ``init_parts``: FPN, box-head convs) from the weights
     file, or random when a checkpoint will replace them. Returns it and a log line of what was loaded."""
-    from sslkit.eval.detect.model import build_mask_rcnn, load_parts
-    from sslkit.models.backbones import build_backbone
-    from sslkit.models.convert import PIXEL_MEAN, PIXEL_STD, load_backbone, weights_state_dicts
 
     parts: dict = {}
     if fresh_backbone:
@@ -119,9 +132,6 @@ def run_inference(model: nn.Module, split, indices: list[int], device: torch.dev
     """This rank's share (every ``world``-th of ``indices``) → COCO results, evaluated image ids, skipped files;
     gathered from every rank (all ranks get the full lists)."""
     from torch.utils.data import DataLoader
-
-    from sslkit.eval.detect.data import EvalImages, eval_collate
-    from sslkit.eval.detect.evaluate import to_coco_results
 
     label_to_cat = {c["label"]: c["id"] for c in split.categories()}
     mine = indices[dist.rank()::dist.world_size()]
@@ -321,12 +331,6 @@ def write_predictions(path: Path, results: list[dict], cfg: dict, val, command: 
     """The COCO results list (what pycocotools' ``loadRes`` and detectron2 read) and its metadata sidecar."""
     import json
 
-    from sslkit import __version__
-    from sslkit.eval.detect import PREDICTIONS_FORMAT, PREDICTIONS_VERSION, predictions_meta_path
-    from sslkit.io.atomic import write_text_atomic
-    from sslkit.io.images import write_json
-    from sslkit.models.convert import file_sha256
-
     write_text_atomic(path, json.dumps(results) + "\n")
     write_json(predictions_meta_path(path), {
         "format": PREDICTIONS_FORMAT, "format_version": PREDICTIONS_VERSION, "sslkit_version": __version__,
@@ -336,10 +340,6 @@ def write_predictions(path: Path, results: list[dict], cfg: dict, val, command: 
 
 
 def _metrics_record(cfg, opts, schedule, va, results, done, bad, it, synced, precise_done, t_eval, elapsed) -> dict:
-    from sslkit import __version__
-    from sslkit.eval.detect import METRICS_FORMAT, METRICS_VERSION
-    from sslkit.eval.detect.evaluate import evaluate, has_masks
-
     notes = []
     iou_types = ("bbox", "segm") if has_masks(va.coco) else ("bbox",)
     if "segm" not in iou_types:
