@@ -110,3 +110,21 @@ def test_sample_views_killed_at_each_commit_point_resumes_to_the_same_pairs(imag
         assert r.returncode == 0, r.stderr
         assert_same_h5(ref, out)
         assert not temporaries(out.parent), point
+
+
+def test_detect_killed_while_writing_its_checkpoint_resumes_to_the_same_weights(tmp_path):
+    """detect: a kill between writing last.pth's temporary and renaming it (the second checkpoint,
+    save_every=1), then a rerun: the weights and AP of an uninterrupted run, and no temporary left."""
+    scenes = tmp_path / "scenes"
+    assert cli("demo-data", scenes, "--n", 10, "--min-side", 96, "--max-side", 128, "-q").returncode == 0
+    args = ("detect", "random", "--arch", "resnet_tiny", "--train", scenes / "train.json", "--val",
+            scenes / "val.json", "--iters", 3, "--min-size", 96, "--max-size", 128, "--batch-size", 2,
+            "--fpn-channels", 16, "--workers", 0, "--precise-bn-iters", 1, "--save-every", 1, "--no-tensorboard", "-q")
+    assert cli(*args, "--out", tmp_path / "ref").returncode == 0
+    run = tmp_path / "run"
+    assert cli(*args, "--out", run, env=kill_at("rename:last.pth", 2)).returncode == SIGKILL_RC
+    assert temporaries(run)
+    r = cli(*args, "--out", run)
+    assert r.returncode == 0, r.stderr
+    assert_same_weights(tmp_path / "ref" / "last.pth", run / "last.pth")
+    assert not temporaries(run)

@@ -191,3 +191,80 @@ def test_a_second_writer_of_a_run_folder_is_refused_while_the_first_lives(photo_
         first.wait()
     # the holder died (kill -9): its lock went with it
     assert sslkit("pretrain", photo_dir, *TINY, "-o", run, "--epochs", 500, "--max-steps", 1) == 0
+
+
+def test_a_second_propose_on_the_same_output_is_refused_while_the_first_lives(photo_dir, tmp_path, capsys):
+    import time
+
+    out = tmp_path / "p.h5"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from sslkit.io.lock import exclusive\n"
+                               f"with exclusive({str(out)!r}):\n    print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        capsys.readouterr()
+        assert sslkit("propose", photo_dir, "-o", out, "--algo", "grid", "-q") == 2
+        assert f"pid {holder.pid}" in _errline(capsys)
+        assert sslkit("sample-views", photo_dir, "-m", "univip", "--proposals", tmp_path / "none.h5", "-o", out) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    assert sslkit("propose", photo_dir, "-o", out, "--algo", "grid", "-q") == 0
+
+
+def test_a_chunk_of_another_job_is_never_adopted(tmp_path):
+    """Two jobs on one output (issue 22): the second's chunks carry its fingerprint, the first's are removed,
+    whatever happened to stage.json."""
+    from sslkit.io.artefacts import Record
+    from sslkit.io.chunks import ChunkStage
+
+    a = ChunkStage(tmp_path / "st", {"algo": "ss"}, name="t")
+    a.save(0, [Record(1, "a.jpg", 4, 4, {"boxes": np.zeros((2, 4), np.float32)})], [])
+    (tmp_path / "st" / "stage.json").unlink()  # what a racing second writer left behind
+    b = ChunkStage(tmp_path / "st", {"algo": "felzenszwalb"}, name="t")
+    assert b.done() == set() and not list((tmp_path / "st").glob(f"chunk-{a.key}-*"))
+    assert ChunkStage(tmp_path / "st", {"algo": "felzenszwalb"}, name="t").pending(1) == [0]
+
+
+def test_a_failed_hdf5_write_on_a_full_disk_is_one_line_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import shutil
+
+    import h5py
+
+    from sslkit.io.artefacts import ArtefactWriter, Record
+
+    target = tmp_path / "p.h5"
+    usage = shutil.disk_usage(tmp_path)
+
+    def full(*a, **k):
+        monkeypatch.setattr(atomic.shutil, "disk_usage", lambda p: usage._replace(free=0))
+        raise OSError("Can't write data (file write failed)")  # h5py names no errno
+
+    with pytest.raises(DiskFullError, match="no space left"):
+        with ArtefactWriter(target, "sslkit.proposals", ragged={"boxes": ("float32", (4,))}) as w:
+            w.add(Record(1, "a.jpg", 4, 4, {"boxes": np.zeros((2, 4), np.float32)}))
+            monkeypatch.setattr(h5py.Dataset, "resize", full)
+            w.flush()
+    monkeypatch.undo()
+    assert not target.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_folder_without_one_readable_image_is_exit_2_and_writes_nothing(tmp_path, capsys):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for k in range(3):
+        (imgs / f"bad{k}.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    assert sslkit("propose", imgs, "-o", tmp_path / "p.h5", "--algo", "grid", "-q") == 2
+    assert "none of the 3 images could be read" in _errline(capsys)
+    assert not (tmp_path / "p.h5").exists() and not (tmp_path / "p.h5.partial").exists()
+
+
+def test_export_to_an_unwritable_place_names_the_users_path(photo_dir, tmp_path, capsys):
+    run = tmp_path / "r"
+    assert sslkit("pretrain", photo_dir, *TINY, "-o", run, "--max-steps", 1) == 0
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    assert sslkit("export", run / "last.pth", "-o", blocker / "x.pth") == 2
+    line = _errline(capsys)
+    assert "cannot write" in line and str(blocker / "x.pth") in line and ".tmp" not in line
