@@ -156,3 +156,11 @@ PY
 $PY benchmarks/detect.py --data $Q --val $Q/val150.json --out "$OUT/qdet" --arch resnet18 --size 128 --iters 200 \
   --batch-size 4 --fpn-channels 64 --precise-bn-iters 20 --workers 1 \
   $(for m in byol detcon-b orl univip; do echo --weights $m="$OUT/q30/$m/last.pth"; done) | tee "$OUT/qdet.md"
+
+echo "== the object-level claim on Fashion-MNIST scenes (issue 20): 3 seeds, every row 936 steps"
+FM=bench-fmnist
+[ -f $FM/scenes.json ] || $SS demo-data $FM --preset fmnist-scenes --quiet
+for s in 0 1 2; do
+  $PY benchmarks/mechanism.py --data $FM --out "$OUT/mech-s$s" --seed $s | tee "$OUT/mech-s$s.md"
+done
+$PY benchmarks/mechanism.py --summary "$OUT"/mech-s{0,1,2} | tee "$OUT/mech-seeds.md"
