@@ -177,3 +177,11 @@ for s in 0 1 2 3; do
     --probes objects/linear,objects/knn,multilabel/linear --heldout 0.3 | tee "$OUT/qmcl-s$s.md"
 done
 $PY benchmarks/seeds.py "$OUT"/qmcl-s{0,1,2,3} --base mcl | tee "$OUT/qmcl-seeds.md"
+
+echo "== the object-level claim on Fashion-MNIST scenes (issue 20): 3 seeds, every row 936 steps"
+FM=bench-fmnist
+[ -f $FM/scenes.json ] || $SS demo-data $FM --preset fmnist-scenes --quiet
+for s in 0 1 2; do
+  $PY benchmarks/mechanism.py --data $FM --out "$OUT/mech-s$s" --seed $s | tee "$OUT/mech-s$s.md"
+done
+$PY benchmarks/mechanism.py --summary "$OUT"/mech-s{0,1,2} | tee "$OUT/mech-seeds.md"

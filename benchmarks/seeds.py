@@ -5,10 +5,11 @@
 Each argument is the --out folder of one quality.py run (same settings, another --seed), or one of
 its summaries (e.g. ``bench-runs/qoc150-s1/quality-wdauto.json``, from ``--probe-wd auto``); rows are
 matched by their method name. Prints a markdown table (mean ± sample sd, n seeds) and, for every
-row but the first, the mean paired difference to the first row (random init) with its standard
-error: the seeds pair the rows (the same seed draws the random init, the pretraining run and the
-probes' classifiers). ``--base NAME`` takes the differences to that row instead (e.g. ``--base mocov2``
-for RegionCL-M against its base, ``--base mcl`` for MCL's ablation variants).
+row but the first, the mean paired difference to the first row (random init; ``--base NAME``
+picks another) with its standard error: the seeds pair the rows (the same seed draws the random
+init, the pretraining run and the probes' classifiers); e.g. ``--base mocov2`` for RegionCL-M against
+its base, ``--base mcl`` for MCL's ablation variants. ``paired_table`` is also used by
+``benchmarks/mechanism.py --summary``.
 """
 
 from __future__ import annotations
@@ -26,26 +27,19 @@ def load(folder: Path) -> list[dict]:
     return json.loads(path.read_text())["rows"]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", type=Path, help="quality.py --out folders (or summary .json files), one per seed")
-    ap.add_argument("--base", help="row the paired differences are taken to (default: the first, random init)")
-    args = ap.parse_args()
-    if len(args.runs) < 2:
-        raise SystemExit("give at least two runs (one per seed)")
-    tables = [{r["method"]: r for r in load(f)} for f in args.runs]
+def paired_table(tables: list[dict[str, dict]], cols: list[str], base: str | None = None) -> str:
+    """Markdown: per row (those in every table) and column, mean ± sd over the tables (seeds) and,
+    but for ``base`` (default: the first row), the mean paired difference to ``base`` ± its standard error."""
     names = [n for n in tables[0] if all(n in t for t in tables)]
-    cols = [c for c in next(iter(tables[0].values())) if c not in ("method", "pretrain_s")]
-    base = args.base or names[0]
+    base = names[0] if base is None else base
     if base not in names:
-        raise SystemExit(f"--base {base!r} is not a row of every run (rows: {', '.join(names)})")
+        raise SystemExit(f"no row {base!r} in every table (rows: {', '.join(names)})")
 
     def values(name: str, col: str) -> list[float]:
         return [float(t[name][col]) for t in tables]
 
-    print(f"{len(tables)} seeds; cells: mean ± sd; Δ: mean paired difference to {base!r} ± its standard error\n")
-    print("| method | " + " | ".join(cols) + " |")
-    print("|---|" + "---|" * len(cols))
+    lines = [f"{len(tables)} seeds; cells: mean ± sd; Δ: mean paired difference to {base!r} ± its standard error\n",
+             "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for name in names:
         cells = []
         for c in cols:
@@ -55,7 +49,20 @@ def main() -> None:
                 d = [a - b for a, b in zip(v, values(base, c), strict=True)]
                 cell += f" (Δ {statistics.mean(d):+.2f} ± {statistics.stdev(d) / len(d) ** 0.5:.2f})"
             cells.append(cell)
-        print(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path, help="quality.py --out folders (or summary .json files), one per seed")
+    ap.add_argument("--base", default=None, help="the row the differences are taken to (default: the first row)")
+    args = ap.parse_args()
+    if len(args.runs) < 2:
+        raise SystemExit("give at least two runs (one per seed)")
+    tables = [{r["method"]: r for r in load(f)} for f in args.runs]
+    cols = [c for c in next(iter(tables[0].values())) if c not in ("method", "pretrain_s")]
+    print(paired_table(tables, cols, args.base))
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ JPEG_QUALITY = 92
 
 
 @dataclass
-class _Instance:
+class Instance:
     category: str
     ref: str
     mask: np.ndarray  # (H, W) bool, visible pixels
@@ -118,12 +118,12 @@ def build_demo(out: str | os.PathLike, n: int = 200, min_side: int = 160, max_si
     src = resolve_sources(sources, cache, log)
     log(f"using {src.describe()}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling_dir(out, "tmp")
+    tmp = sibling_dir(out, "tmp")
     try:
         coco = _render(tmp, src, n, min_side, max_side, seed, quiet, objects, object_size)
         coco["info"] = _info(src, params)
         n_val = _write_jsons(tmp, coco, val_fraction, seed)
-        _replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -204,12 +204,12 @@ def _render(folder: Path, src: SourceSet, n: int, min_side: int, max_side: int, 
             rng = np.random.default_rng([seed, min_side, max_side, i])
             h, w = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
             bg = src.backgrounds[int(rng.integers(len(src.backgrounds)))]
-            canvas = _background(rng, load(bg), h, w)
-            instances: list[_Instance] = []
+            canvas = background_crop(rng, load(bg), h, w)
+            instances: list[Instance] = []
             for _ in range(int(rng.integers(objects[0], objects[1] + 1))):
                 category = names[int(rng.integers(len(names)))]
                 cutout = by_category[category][int(rng.integers(len(by_category[category])))]
-                _paste(rng, canvas, instances, cutout, load(cutout), object_size)
+                paste(rng, canvas, instances, cutout, load(cutout), object_size)
             image_id = i + 1
             file_name = f"{image_id:06d}.jpg"
             ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(canvas[..., ::-1]),
@@ -222,7 +222,7 @@ def _render(folder: Path, src: SourceSet, n: int, min_side: int, max_side: int, 
                 rle = mask_utils.encode(np.asfortranarray(inst.mask.astype(np.uint8)))
                 annotations.append({
                     "id": len(annotations) + 1, "image_id": image_id, "category_id": cat_ids[inst.category],
-                    "bbox": _mask_box(inst.mask), "area": int(inst.mask.sum()), "iscrowd": 0,
+                    "bbox": mask_box(inst.mask), "area": int(inst.mask.sum()), "iscrowd": 0,
                     "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
                     "source": inst.ref,
                 })
@@ -240,11 +240,15 @@ def _resize(arr: np.ndarray, w: int, h: int) -> np.ndarray:
     return cv2.resize(arr, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
-def _background(rng: np.random.Generator, bg: np.ndarray, h: int, w: int) -> np.ndarray:
-    """A random crop of ``bg`` with the scene's aspect ratio, resized to (h, w), maybe mirrored."""
+def background_crop(rng: np.random.Generator, bg: np.ndarray, h: int, w: int,
+                    crop_size: tuple[float, float] = CROP_SIZE) -> np.ndarray:
+    """A random crop of ``bg`` with the scene's aspect ratio, resized to (h, w), maybe mirrored.
+
+    ``crop_size``: the crop's linear size as a fraction of the largest crop of that aspect ratio.
+    """
     bh, bw = bg.shape[:2]
     cw_max = min(bw, bh * w / h)
-    s = rng.uniform(*CROP_SIZE)
+    s = rng.uniform(*crop_size)
     cw = max(1, int(round(cw_max * s)))
     ch = max(1, min(bh, int(round(cw * h / w))))
     x0 = int(rng.integers(bw - cw + 1))
@@ -255,21 +259,26 @@ def _background(rng: np.random.Generator, bg: np.ndarray, h: int, w: int) -> np.
     return np.ascontiguousarray(crop)
 
 
-def _visible_enough(mask: np.ndarray, full_area: int) -> bool:
-    if mask.sum() < MIN_VISIBLE * full_area:
+def _visible_enough(mask: np.ndarray, full_area: int, min_visible: float = MIN_VISIBLE) -> bool:
+    if mask.sum() < min_visible * full_area:
         return False
-    _, _, bw, bh = _mask_box(mask)
+    _, _, bw, bh = mask_box(mask)
     return bw >= MIN_BOX_SIDE and bh >= MIN_BOX_SIDE
 
 
-def _paste(rng: np.random.Generator, canvas: np.ndarray, instances: list[_Instance], cutout: Photo,
-           rgba: np.ndarray, object_size: tuple[float, float]) -> None:
-    """Alpha-blend ``rgba`` onto ``canvas`` at a random scale, flip and place, if one keeps every object visible."""
+def paste(rng: np.random.Generator, canvas: np.ndarray, instances: list[Instance], cutout: Photo,
+          rgba: np.ndarray, object_size: tuple[float, float], min_visible: float = MIN_VISIBLE,
+          max_outside: float = MAX_OUTSIDE, min_side: int = MIN_OBJECT_SIDE) -> Instance | None:
+    """Alpha-blend ``rgba`` onto ``canvas`` at a random scale, flip and place, if one keeps every object visible.
+
+    Returns the new instance (also appended to ``instances``), or None when no placement was accepted.
+    ``min_visible``, ``max_outside`` and ``min_side`` default to the demo scenes' constants.
+    """
     h, w = canvas.shape[:2]
     oh, ow = rgba.shape[:2]
     short = min(h, w)
-    hi = np.log(max(object_size[1] * short, MIN_OBJECT_SIDE))
-    lo = min(np.log(max(object_size[0] * short, MIN_OBJECT_SIDE)), hi)
+    hi = np.log(max(object_size[1] * short, min_side))
+    lo = min(np.log(max(object_size[0] * short, min_side)), hi)
     scale = float(np.exp(rng.uniform(lo, hi))) / max(oh, ow)
     sw, sh = max(1, round(ow * scale)), max(1, round(oh * scale))
     premultiplied = rgba.astype(np.float32) / 255.0
@@ -281,8 +290,8 @@ def _paste(rng: np.random.Generator, canvas: np.ndarray, instances: list[_Instan
     shape = alpha >= 0.5
     full_area = int(shape.sum())
     if full_area == 0:
-        return
-    out_x, out_y = int(MAX_OUTSIDE * sw), int(MAX_OUTSIDE * sh)
+        return None
+    out_x, out_y = int(max_outside * sw), int(max_outside * sh)
     for _ in range(PLACEMENT_TRIES):
         x = int(rng.integers(-out_x, max(-out_x, w - sw + out_x) + 1))
         y = int(rng.integers(-out_y, max(-out_y, h - sh + out_y) + 1))
@@ -292,9 +301,9 @@ def _paste(rng: np.random.Generator, canvas: np.ndarray, instances: list[_Instan
             continue
         mask = np.zeros((h, w), bool)
         mask[y0:y1, x0:x1] = shape[y0 - y:y1 - y, x0 - x:x1 - x]
-        if not _visible_enough(mask, full_area):
+        if not _visible_enough(mask, full_area, min_visible):
             continue
-        if not all(_visible_enough(inst.mask & ~mask, inst.full_area) for inst in instances):
+        if not all(_visible_enough(inst.mask & ~mask, inst.full_area, min_visible) for inst in instances):
             continue
         a = alpha[y0 - y:y1 - y, x0 - x:x1 - x, None]
         rgb = obj[y0 - y:y1 - y, x0 - x:x1 - x, :3]  # premultiplied by alpha
@@ -302,11 +311,12 @@ def _paste(rng: np.random.Generator, canvas: np.ndarray, instances: list[_Instan
         canvas[y0:y1, x0:x1] = np.clip((region * (1.0 - a) + rgb) * 255.0 + 0.5, 0, 255).astype(np.uint8)
         for inst in instances:
             inst.mask &= ~mask
-        instances.append(_Instance(cutout.category, cutout.ref, mask, full_area))
-        return
+        instances.append(Instance(cutout.category, cutout.ref, mask, full_area))
+        return instances[-1]
+    return None
 
 
-def _mask_box(mask: np.ndarray) -> list[int]:
+def mask_box(mask: np.ndarray) -> list[int]:
     """Tight ``[x, y, w, h]`` of a non-empty boolean mask (what pycocotools' ``toBbox`` gives for its RLE)."""
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
@@ -341,17 +351,17 @@ def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
-def _sibling_dir(out: Path, suffix: str) -> Path:
+def sibling_dir(out: Path, suffix: str) -> Path:
     """A new hidden folder beside ``out`` (same filesystem, so renames are atomic), made with the usual mode."""
     path = out.parent / f".{out.name}.{os.getpid()}-{time.time_ns()}.{suffix}"
     path.mkdir()
     return path
 
 
-def _replace(tmp: Path, out: Path) -> None:
+def replace_dir(tmp: Path, out: Path) -> None:
     """Move the finished build ``tmp`` to ``out``, replacing an older build or an empty folder."""
     if out.exists():
-        old = _sibling_dir(out, "old")
+        old = sibling_dir(out, "old")
         os.replace(out, old / "previous")
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)

