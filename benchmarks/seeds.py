@@ -33,7 +33,7 @@ def paired_table(tables: list[dict[str, dict]], cols: list[str], base: str | Non
     names = [n for n in tables[0] if all(n in t for t in tables)]
     base = names[0] if base is None else base
     if base not in names:
-        raise SystemExit(f"no row {base!r} in every table (rows: {', '.join(names)})")
+        raise SystemExit(f"--base {base!r} is not a row of every run (rows: {', '.join(names)})")
 
     def values(name: str, col: str) -> list[float]:
         return [float(t[name][col]) for t in tables]
