@@ -54,7 +54,8 @@ def greedy_suppress(boxes: np.ndarray, max_iou: float | None, limit: int | None 
 
 
 def pixel_box(box, height: int, width: int) -> tuple[int, int, int, int]:
-    """A float ``xyxy`` box as whole pixels inside the image (at least 1 × 1): ORL crops integer boxes."""
+    """A float ``xyxy`` box as whole pixels inside the image (at least 1 × 1): what ORL and the view renderers
+    crop (RandomResizedCrop's boxes are whole pixels already)."""
     x1, y1, x2, y2 = (float(v) for v in box)
     a = min(max(round(x1), 0), width - 1)
     b = min(max(round(y1), 0), height - 1)

@@ -131,17 +131,6 @@ def row_box(row: np.ndarray) -> tuple[float, float, float, float]:
     return tuple(float(v) for v in row[ROW["x1"]:ROW["y2"] + 1])
 
 
-def pixel_crop(box, height: int, width: int) -> tuple[int, int, int, int]:
-    """A float xyxy box as whole pixels inside a ``height × width`` image, at least 1 × 1 (what a
-    renderer crops; RandomResizedCrop's boxes are whole pixels already)."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    a = min(max(round(x1), 0), width - 1)
-    b = min(max(round(y1), 0), height - 1)
-    c = min(max(round(x2), a + 1), width)
-    d = min(max(round(y2), b + 1), height)
-    return a, b, c, d
-
-
 def blur_kernel(aug: ViewAug) -> int:
     """The blur kernel side of the tensor pipelines (10% of the view side, odd; 23 px at 224)."""
     return blur_kernel_size(aug.size)

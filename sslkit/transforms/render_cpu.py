@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sslkit.transforms.params import ROW, blur_kernel, pixel_crop
+from sslkit.ops.boxes import pixel_box
+from sslkit.transforms.params import ROW, blur_kernel
 from sslkit.transforms.pipelines import ViewAug
 
 
@@ -58,7 +59,7 @@ def solarize_lut(threshold: int) -> np.ndarray:
 def resize_crop(image: np.ndarray, box, size: int, interpolation: str) -> np.ndarray:
     """``box`` (xyxy, this image's pixels) of an (H, W, 3) uint8 image resized to ``size²``,
     antialiased (torch's uint8 kernel); returns (size, size, 3) uint8."""
-    x1, y1, x2, y2 = pixel_crop(box, image.shape[0], image.shape[1])
+    x1, y1, x2, y2 = pixel_box(box, image.shape[0], image.shape[1])
     crop = np.ascontiguousarray(image[y1:y2, x1:x2])
     if crop.shape[:2] == (size, size):
         return crop

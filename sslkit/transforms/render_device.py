@@ -20,7 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sslkit.transforms.params import JITTER_IDENTITY, ROW, blur_kernel, pixel_crop
+from sslkit.ops.boxes import pixel_box
+from sslkit.transforms.params import JITTER_IDENTITY, ROW, blur_kernel
 from sslkit.transforms.pipelines import ViewAug
 
 
@@ -66,7 +67,7 @@ def crop_resize(images: list[torch.Tensor], rows: np.ndarray, which: np.ndarray,
         k = int(which[i])
         if k != last:
             img, last = images[k].float(), k
-        x1, y1, x2, y2 = pixel_crop(rows[i, ROW["x1"]:ROW["y2"] + 1], img.shape[1], img.shape[2])
+        x1, y1, x2, y2 = pixel_box(rows[i, ROW["x1"]:ROW["y2"] + 1], img.shape[1], img.shape[2])
         crop = img[None, :, y1:y2, x1:x2]
         outs.append(crop if crop.shape[-2:] == (s, s) else
                     F.interpolate(crop, size=(s, s), mode=aug.interpolation, antialias=True, align_corners=False))

@@ -162,14 +162,15 @@ class PlanDataset(ImageDataset):
         """``data_path: cpu``: a collated ``(uint8 views, extras)`` batch → the method's batch on ``device``."""
         views, extra = batch
         views = [normalize(v.to(device, non_blocking=True), aug) for v, aug in zip(views, self.slots, strict=True)]
-        return self.assemble(views, _to(extra, device))
+        return self.assemble(views, to_device(extra, device))
 
 
-def _to(x, device):
+def to_device(x, device):
+    """Tensors (in nested lists/tuples) moved to ``device``, anything else as it is."""
     if isinstance(x, torch.Tensor):
         return x.to(device, non_blocking=True)
     if isinstance(x, (list, tuple)):
-        return type(x)(_to(v, device) for v in x)
+        return type(x)(to_device(v, device) for v in x)
     return x
 
 

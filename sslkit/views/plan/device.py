@@ -27,7 +27,7 @@ import torch
 from sslkit.io.images import ImageDecodeError, load_rgb
 from sslkit.transforms.params import ROW
 from sslkit.transforms.render_device import render_views
-from sslkit.views.plan.dataset import PlanBatch, PlanDataset
+from sslkit.views.plan.dataset import PlanBatch, PlanDataset, to_device
 
 # torchvision 0.29 warns at every decode call (TorchCodec supersedes it); once is enough to know
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
@@ -119,14 +119,6 @@ def _take(x, index: torch.Tensor):
     return x
 
 
-def _to(x, device):
-    if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=True)
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to(v, device) for v in x)
-    return x
-
-
 class DeviceViews:
     """Callable: a ``PlanBatch`` → ``(the method's batch on device, skipped [(file, reason)])``."""
 
@@ -156,4 +148,4 @@ class DeviceViews:
             out = render_views(images, sub, which, aug).view(b_count, len(positions), 3, aug.size, aug.size)
             for j, p in enumerate(positions):
                 views[p] = out[:, j].contiguous() if len(positions) > 1 else out[:, 0]
-        return self.dataset.assemble(views, _to(extra, self.device)), skipped
+        return self.dataset.assemble(views, to_device(extra, self.device)), skipped
